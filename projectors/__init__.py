@@ -1,0 +1,1 @@
+"""rolebus.projectors: context store and dashboards (later issues)."""

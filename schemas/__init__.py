@@ -1,0 +1,1 @@
+"""Avro schemas (.avsc): the wire contract of the WAL, loaded with importlib.resources."""

@@ -1,0 +1,255 @@
+"""The local stack: Kafka node(s) and PostgreSQL under one data folder.
+
+``up`` is idempotent (running, ready servers are left alone), ``down`` stops
+what the pid files name, stale pid files are detected and removed, and data
+survives ``down``/``up``. Services configured as external are never started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from rolebus import endpoints
+from rolebus.config import Settings
+from rolebus.errors import RolebusError, StackError
+from rolebus.stack import kafka, postgres, probe, procs
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    name: str
+    address: str
+    pid: int | None
+    running: bool
+    external: bool = False
+    stale_pid_file: bool = False
+    ready: bool | None = None
+    detail: str = ""
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+class LocalStack:
+    def __init__(self, settings: Settings, progress: Progress = _quiet) -> None:
+        self.settings = settings
+        self.progress = progress
+        self.data_dir = settings.data_dir.resolve()
+
+    # --- layout ---------------------------------------------------------------
+
+    def nodes(self) -> list[kafka.KafkaNode]:
+        s = self.settings
+        return [
+            kafka.KafkaNode(i + 1, s.kafka_port + i, s.kafka_controller_port + i,
+                            self.data_dir / f"kafka-{i + 1}")
+            for i in range(self._brokers())
+        ]  # fmt: skip
+
+    def pg(self) -> postgres.PgNode:
+        return postgres.PgNode(self.settings.pg_port, self.data_dir / "postgres")
+
+    def _brokers(self) -> int:
+        return int(endpoints.read_stack_file(self.data_dir).get("brokers", self.settings.brokers))
+
+    def _record(self) -> str:
+        """Create or check stack.json; return the cluster id."""
+        recorded = endpoints.read_stack_file(self.data_dir)
+        if recorded and recorded.get("brokers") != self.settings.brokers:
+            raise StackError(
+                f"data folder {self.data_dir} holds a {recorded.get('brokers')}-broker cluster; "
+                f"use --brokers {recorded.get('brokers')} or another --data-dir"
+            )
+        cluster_id = str(recorded.get("cluster_id") or kafka.new_cluster_id())
+        s = self.settings
+        record = {
+            "cluster_id": cluster_id, "brokers": s.brokers, "kafka_port": s.kafka_port,
+            "kafka_controller_port": s.kafka_controller_port, "pg_port": s.pg_port,
+            "kafka_version": kafka.kafka_version(),
+        }  # fmt: skip
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        (self.data_dir / endpoints.STACK_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        return cluster_id
+
+    # --- up -------------------------------------------------------------------
+
+    def up(self) -> list[ServiceStatus]:
+        started = time.monotonic()
+        ends = endpoints.resolve(self.settings)
+        if not ends.kafka_external:
+            cluster_id = self._record()
+            self._start_kafka(cluster_id)
+        if not ends.pg_external:
+            self._record()
+            self._start_pg()
+        ends = endpoints.resolve(self.settings)
+        self._wait_ready(ends)
+        self.progress(f"stack ready in {time.monotonic() - started:.1f}s")
+        return self.status(probe_timeout_s=self.settings.connect_timeout_s)
+
+    def _start_kafka(self, cluster_id: str) -> None:
+        nodes = self.nodes()
+        todo = [n for n in nodes if not self._running(n.pid_file, str(n.config_file), n.node_id)]
+        if not todo:
+            self.progress("kafka: already running")
+            return
+        for node in todo:
+            _check_port_free(node.port, "ROLEBUS_KAFKA_PORT")
+            _check_port_free(node.controller_port, "ROLEBUS_KAFKA_CONTROLLER_PORT")
+        libs = self.settings.kafka_libs_dir or kafka.default_libs_dir()
+        if not (libs / ".complete").exists():
+            self.progress(f"kafka: resolving Kafka {kafka.kafka_version()} jars with Maven")
+        kafka.ensure_jars(libs)
+        for node in todo:
+            node.home.mkdir(parents=True, exist_ok=True)
+            kafka.write_config(node, nodes)
+            kafka.format_storage(libs, node, cluster_id)
+            pid = kafka.start(libs, node, self.settings.kafka_heap)
+            procs.write_pid(node.pid_file, pid)
+            self.progress(f"kafka-{node.node_id}: started (pid {pid}, 127.0.0.1:{node.port})")
+
+    def _start_pg(self) -> None:
+        node = self.pg()
+        if self._running(node.pid_file, str(node.pgdata), "postgres"):
+            self.progress("postgres: already running")
+            return
+        _check_port_free(node.port, "ROLEBUS_PG_PORT")
+        if not (node.pgdata / "PG_VERSION").exists():
+            self.progress("postgres: initdb")
+        postgres.init(node)
+        postgres.start(node, self.settings.connect_timeout_s * 3)
+        self.progress(f"postgres: started (127.0.0.1:{node.port})")
+
+    def _running(self, pid_file: Path, marker: str, name: object) -> bool:
+        state = procs.inspect(pid_file, marker)
+        if state.stale:
+            self.progress(f"{name}: removing stale pid file {pid_file} (pid {state.pid})")
+            pid_file.unlink(missing_ok=True)
+        return state.alive
+
+    def _wait_ready(self, ends: endpoints.Endpoints) -> None:
+        timeout = max(90.0, self.settings.connect_timeout_s)
+        brokers = 1 if ends.kafka_external else len(self.nodes())
+        try:
+            health = asyncio.run(probe.kafka_ready(ends.kafka_bootstrap, brokers, timeout))
+        except RolebusError as exc:
+            raise StackError(f"{exc}\n{self._kafka_logs()}") from exc
+        self.progress(
+            f"kafka: {health.brokers} broker(s) ready, round trip {health.round_trip_ms:.0f} ms"
+        )
+        pg = probe.pg_ready(ends.pg_dsn, self.settings.connect_timeout_s * 3, create=True)
+        self.progress(f"postgres: {pg.server_version} ready, pgvector {pg.vector_version}")
+
+    def _kafka_logs(self) -> str:
+        parts = []
+        for node in self.nodes():
+            alive = procs.inspect(node.pid_file, str(node.config_file)).alive
+            if not alive:
+                parts.append(
+                    f"kafka-{node.node_id} exited; last log lines:\n{kafka.log_tail(node)}"
+                )
+        return "\n".join(parts)
+
+    # --- down / status -----------------------------------------------------------
+
+    def down(self) -> list[str]:
+        stopped = []
+        running = []
+        for node in self.nodes():
+            state = procs.inspect(node.pid_file, str(node.config_file))
+            if state.alive and state.pid is not None:
+                running.append((f"kafka-{node.node_id}", state.pid))
+        graceful = procs.terminate_all([pid for _, pid in running], 60)
+        for (name, _), ok in zip(running, graceful, strict=True):
+            stopped.append(name if ok else f"{name} (killed)")
+        for node in self.nodes():
+            node.pid_file.unlink(missing_ok=True)
+        pg = self.pg()
+        if procs.inspect(pg.pid_file, str(pg.pgdata)).alive:
+            ok = postgres.stop(pg)
+            stopped.append("postgres" if ok else "postgres (killed)")
+        return stopped
+
+    def status(self, probe_timeout_s: float = 5.0) -> list[ServiceStatus]:
+        ends = endpoints.resolve(self.settings)
+        out = [self._kafka_status(node) for node in self.nodes()] if not ends.kafka_external else []
+        if ends.kafka_external:
+            out.append(ServiceStatus("kafka", ends.kafka_bootstrap, None, False, external=True))
+        pg = self.pg()
+        if ends.pg_external:
+            out.append(ServiceStatus("postgres", "external", None, False, external=True))
+        else:
+            st = procs.inspect(pg.pid_file, str(pg.pgdata))
+            out.append(ServiceStatus("postgres", f"127.0.0.1:{pg.port}", st.pid, st.alive))
+        return _probe_all(out, ends, probe_timeout_s)
+
+    def _kafka_status(self, node: kafka.KafkaNode) -> ServiceStatus:
+        st = procs.inspect(node.pid_file, str(node.config_file))
+        return ServiceStatus(
+            f"kafka-{node.node_id}", node.bootstrap, st.pid, st.alive, stale_pid_file=st.stale
+        )
+
+
+def _probe_all(
+    services: list[ServiceStatus], ends: endpoints.Endpoints, timeout_s: float
+) -> list[ServiceStatus]:
+    """Fill ``ready`` with a real request for every service that should answer."""
+    kafka_ok, kafka_detail = _probe_kafka(ends, services, timeout_s)
+    pg_ok, pg_detail = _probe_pg(ends, services, timeout_s)
+    result = []
+    for svc in services:
+        if svc.name.startswith("kafka") and (svc.running or svc.external):
+            svc = ServiceStatus(**{**asdict(svc), "ready": kafka_ok, "detail": kafka_detail})
+        elif svc.name == "postgres" and (svc.running or svc.external):
+            svc = ServiceStatus(**{**asdict(svc), "ready": pg_ok, "detail": pg_detail})
+        result.append(svc)
+    return result
+
+
+def _probe_kafka(
+    ends: endpoints.Endpoints, services: list[ServiceStatus], timeout_s: float
+) -> tuple[bool, str]:
+    if not any(s.name.startswith("kafka") and (s.running or s.external) for s in services):
+        return False, ""
+    expected = 1 if ends.kafka_external else sum(s.name.startswith("kafka") for s in services)
+    try:
+        h = asyncio.run(probe.kafka_ready(ends.kafka_bootstrap, expected, timeout_s))
+    except RolebusError as exc:
+        return False, str(exc)
+    return True, f"{h.brokers} broker(s), round trip {h.round_trip_ms:.0f} ms"
+
+
+def _probe_pg(
+    ends: endpoints.Endpoints, services: list[ServiceStatus], timeout_s: float
+) -> tuple[bool, str]:
+    if not any(s.name == "postgres" and (s.running or s.external) for s in services):
+        return False, ""
+    try:
+        h = probe.pg_ready(ends.pg_dsn, timeout_s)
+    except RolebusError as exc:
+        return False, str(exc)
+    return True, f"PostgreSQL {h.server_version}, pgvector {h.vector_version}"
+
+
+def _check_port_free(port: int, setting: str) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise StackError(
+                    f"{setting}: 127.0.0.1:{port} is already in use by another process; "
+                    f"choose another port (e.g. {setting}={port + 1000})"
+                ) from exc
+            raise StackError(f"{setting}: cannot bind 127.0.0.1:{port}: {exc}") from exc

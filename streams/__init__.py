@@ -1,0 +1,1 @@
+"""rolebus.streams: the fold, lifecycle rules, commits, rollback and the faust workers."""

@@ -1,0 +1,78 @@
+"""Shared fixtures. Integration tests get a real local stack (Kafka + Postgres)
+started through rolebus's own launcher on free loopback ports, one per session,
+stopped at the end. Each test gets its own topic prefix."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from rolebus.config import Settings, load_settings
+from rolebus.stack.launcher import LocalStack
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port_block(count: int) -> int:
+    """A base port such that base .. base+count-1 are all free."""
+    for _ in range(200):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            base = sock.getsockname()[1]
+        if base + count < 65000 and all(_free(base + i) for i in range(count)):
+            return base
+    raise RuntimeError("no free port block on loopback")
+
+
+def make_stack_settings(data_dir: Path, brokers: int = 1, **extra: object) -> Settings:
+    """Settings for a private local stack: own data folder and free ports."""
+    base = free_port_block(2 * brokers + 1)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ROLEBUS_")}
+    return load_settings(
+        env=env,
+        config_file=None,
+        data_dir=data_dir,
+        brokers=brokers,
+        kafka_port=base,
+        kafka_controller_port=base + brokers,
+        pg_port=base + 2 * brokers,
+        kafka_heap="384m",
+        **extra,
+    )
+
+
+@pytest.fixture
+def stack_settings() -> Callable[..., Settings]:
+    """Factory of settings for a private extra stack (own folder, free ports)."""
+    return make_stack_settings
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """One real local stack for the whole test session."""
+    settings = make_stack_settings(tmp_path_factory.mktemp("stack") / "data")
+    launcher = LocalStack(settings)
+    try:
+        launcher.up()
+        yield settings
+    finally:
+        launcher.down()
+
+
+@pytest.fixture
+def settings(stack: Settings) -> Settings:
+    """The session stack's settings with a topic prefix of this test's own."""
+    return replace(stack, topic_prefix=f"t{uuid.uuid4().hex[:10]}", wal_partitions=4)

@@ -1,0 +1,1 @@
+"""rolebus.wal: the log. Event model, Avro codec, producer client, WAL reader."""

@@ -1,0 +1,132 @@
+"""The rolebus topics and their wanted configuration; ``ensure`` creates what is
+missing and reports drift from the wanted config without changing it unless asked.
+
+All four topics keep records forever: the WAL is the source of truth, and
+changes, commits and rejections are the audit trail projections rebuild from.
+Partition counts are never raised automatically: that would move role keys to
+other partitions and break per-role ordering.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+from rolebus.config import Settings
+from rolebus.endpoints import Endpoints
+from rolebus.wal.connect import admin_client, within
+
+KINDS = ("wal", "changes", "commits", "rejections")
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    replication_factor: int
+    configs: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TopicReport:
+    name: str
+    action: str
+    """'created', 'ok', 'drift' or 'fixed'."""
+    drift: tuple[str, ...] = ()
+
+
+def topic_name(settings: Settings, kind: str) -> str:
+    return f"{settings.topic_prefix}.{kind}"
+
+
+def replication(settings: Settings, brokers: int) -> tuple[int, int]:
+    """(replication factor, min.insync.replicas) from settings or the cluster size."""
+    rf = settings.replication_factor or min(3, brokers)
+    isr = settings.min_insync_replicas or max(1, rf - 1)
+    return rf, isr
+
+
+def wanted(settings: Settings, brokers: int) -> list[TopicSpec]:
+    rf, isr = replication(settings, brokers)
+    configs = {
+        "retention.ms": "-1",
+        "retention.bytes": "-1",
+        "cleanup.policy": "delete",
+        "min.insync.replicas": str(isr),
+        "unclean.leader.election.enable": "false",
+        "message.timestamp.type": "CreateTime",
+        # Room for the largest allowed message content plus envelope and batch overhead.
+        "max.message.bytes": str(max(1_048_588, settings.max_content_bytes * 2 + 65_536)),
+    }
+    return [
+        TopicSpec(topic_name(settings, kind), settings.wal_partitions, rf, dict(configs))
+        for kind in KINDS
+    ]
+
+
+def drift(spec: TopicSpec, partitions: int, rf: int, configs: dict[str, str]) -> list[str]:
+    """Differences between the wanted spec and what the cluster has (pure)."""
+    found = []
+    if partitions != spec.partitions:
+        found.append(f"partitions: wanted {spec.partitions}, has {partitions}")
+    if rf != spec.replication_factor:
+        found.append(f"replication factor: wanted {spec.replication_factor}, has {rf}")
+    for key, value in sorted(spec.configs.items()):
+        if configs.get(key) != value:
+            found.append(f"{key}: wanted {value}, has {configs.get(key)}")
+    return found
+
+
+async def cluster_size(admin: AIOKafkaAdminClient) -> int:
+    cluster = await admin.describe_cluster()
+    return len(cluster["brokers"])
+
+
+async def describe(admin: AIOKafkaAdminClient, name: str) -> tuple[int, int, dict[str, str]]:
+    """(partitions, replication factor, configs) of an existing topic."""
+    for _ in range(50):  # a just-created topic takes a moment to reach every broker's metadata
+        (meta,) = await admin.describe_topics([name])
+        parts = meta["partitions"]
+        if parts and all(p["leader"] >= 0 for p in parts):
+            break
+        await asyncio.sleep(0.1)
+    rf = max((len(p["replicas"]) for p in parts), default=0)
+    (resp,) = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, name)])
+    entries: list[Any] = resp.resources[0][4]
+    return len(parts), rf, {str(e[0]): str(e[1]) for e in entries}
+
+
+async def ensure(settings: Settings, ends: Endpoints, *, fix: bool = False) -> list[TopicReport]:
+    """Create missing topics; report (and with ``fix``, repair) config drift."""
+    async with admin_client(settings, ends) as admin:
+        brokers = await within(settings, ends, cluster_size(admin), "describe cluster")
+        specs = wanted(settings, brokers)
+        existing = set(await admin.list_topics())
+        missing = [s for s in specs if s.name not in existing]
+        if missing:
+            await within(settings, ends, admin.create_topics(
+                [NewTopic(s.name, s.partitions, s.replication_factor, topic_configs=s.configs)
+                 for s in missing]
+            ), "create topics")  # fmt: skip
+        return [await _report(admin, s, s in missing, fix) for s in specs]
+
+
+async def _report(
+    admin: AIOKafkaAdminClient, spec: TopicSpec, created: bool, fix: bool
+) -> TopicReport:
+    if created:
+        return TopicReport(spec.name, "created")
+    found = drift(spec, *await describe(admin, spec.name))
+    if not found:
+        return TopicReport(spec.name, "ok")
+    config_only = all(d.split(":")[0] in spec.configs for d in found)
+    if fix and config_only:
+        await admin.alter_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, spec.name, spec.configs)]
+        )
+        return TopicReport(spec.name, "fixed", tuple(found))
+    return TopicReport(spec.name, "drift", tuple(found))
