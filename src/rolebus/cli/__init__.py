@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from rolebus.cli import stack, topics
+from rolebus.cli import role, stack, topics, wal
 from rolebus.cli.common import State
 from rolebus.errors import ConfigError, RolebusError
 
@@ -23,6 +23,12 @@ app = typer.Typer(
 )
 app.add_typer(stack.app, name="stack")
 app.add_typer(topics.app, name="topics")
+app.add_typer(role.app, name="role")
+app.add_typer(wal.app, name="wal")
+app.command()(role.say)
+app.command()(role.commit)
+app.command()(role.rollback)
+app.command()(role.fork)
 
 
 @app.callback()
@@ -44,20 +50,7 @@ def main() -> None:
     # aiokafka's own retry chatter would only bury it.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     try:
-        code = app(standalone_mode=False)
+        app()  # standalone: usage errors and typer.Exit become exit codes here
     except RolebusError as exc:
         print(f"rolebus: error: {exc}", file=sys.stderr)
         sys.exit(2 if isinstance(exc, ConfigError) else 1)
-    except typer.Abort:
-        print("rolebus: aborted", file=sys.stderr)
-        sys.exit(130)
-    except (typer.BadParameter, typer.Exit, SystemExit):
-        raise
-    except Exception as exc:  # click usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
-    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,45 @@
+"""OpenTelemetry setup: an SDK tracer provider and the aiokafka instrumentation,
+so every produce gets a span and a W3C ``traceparent`` Kafka header, and the
+consumers can continue the trace from those headers.
+
+Exporters are the caller's choice (tests use an in-memory one); without one,
+spans are still created so trace context still propagates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from opentelemetry import propagate, trace
+from opentelemetry.context import Context
+from opentelemetry.instrumentation.aiokafka import AIOKafkaInstrumentor
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter
+
+
+def setup_tracing(service_name: str, exporter: SpanExporter | None = None) -> TracerProvider:
+    """Install (once) an SDK tracer provider and instrument aiokafka."""
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+        trace.set_tracer_provider(provider)
+    if exporter is not None:
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+    instrumentor = AIOKafkaInstrumentor()
+    if not instrumentor.is_instrumented_by_opentelemetry:
+        instrumentor.instrument(tracer_provider=provider)
+    return provider
+
+
+def tracer(name: str) -> trace.Tracer:
+    return trace.get_tracer(name)
+
+
+def context_from_headers(headers: Iterable[tuple[str, bytes]] | None) -> Context:
+    """The trace context a producer put into Kafka headers (W3C traceparent)."""
+    carrier: Mapping[str, Any] = {
+        k: v.decode("latin-1") if isinstance(v, bytes) else str(v) for k, v in headers or ()
+    }
+    return propagate.extract(carrier)
