@@ -33,10 +33,10 @@ def to_micros(moment: datetime) -> int:
 
 def plain(value: Any) -> Any:
     """Turn a value into JSON-able data following the canonical rules."""
+    if isinstance(value, Enum):  # before str: a StrEnum member is a str too
+        return plain(value.value)
     if value is None or isinstance(value, bool | int | str):
         return value
-    if isinstance(value, Enum):
-        return plain(value.value)
     if isinstance(value, datetime):
         return to_micros(value)
     if isinstance(value, uuid.UUID):
