@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from rolebus.config import Settings
 from rolebus.endpoints import Endpoints
+from rolebus.errors import TransportError
 from rolebus.wal.connect import admin_client, within
 
 KINDS = ("wal", "changes", "commits", "rejections")
@@ -87,17 +87,23 @@ async def cluster_size(admin: AIOKafkaAdminClient) -> int:
 
 
 async def describe(admin: AIOKafkaAdminClient, name: str) -> tuple[int, int, dict[str, str]]:
-    """(partitions, replication factor, configs) of an existing topic."""
-    for _ in range(50):  # a just-created topic takes a moment to reach every broker's metadata
+    """(partitions, replication factor, configs) of an existing topic.
+
+    A just-created topic takes a moment to reach every broker's metadata, and
+    the broker asked may not know it yet: retry for a few seconds.
+    """
+    for _ in range(50):
         (meta,) = await admin.describe_topics([name])
         parts = meta["partitions"]
-        if parts and all(p["leader"] >= 0 for p in parts):
-            break
+        (resp,) = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, name)])
+        error_code, error_message, *_, entries = resp.resources[0]
+        if parts and all(p["leader"] >= 0 for p in parts) and error_code == 0 and entries:
+            rf = max(len(p["replicas"]) for p in parts)
+            return len(parts), rf, {str(e[0]): str(e[1]) for e in entries}
         await asyncio.sleep(0.1)
-    rf = max((len(p["replicas"]) for p in parts), default=0)
-    (resp,) = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, name)])
-    entries: list[Any] = resp.resources[0][4]
-    return len(parts), rf, {str(e[0]): str(e[1]) for e in entries}
+    raise TransportError(
+        f"topic {name}: metadata or configs unavailable (error {error_code}: {error_message})"
+    )
 
 
 async def ensure(settings: Settings, ends: Endpoints, *, fix: bool = False) -> list[TopicReport]:
