@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import tempfile
 import time
 import uuid
@@ -22,6 +21,7 @@ from typing import Any
 from rich.console import Console
 
 from rolebus.config import Settings, load_settings
+from rolebus.stack import ports
 from rolebus.stack.launcher import LocalStack
 
 console = Console(stderr=True)
@@ -32,25 +32,6 @@ def say(message: str) -> None:
     console.print(f"[dim]·[/dim] {message}", highlight=False)
 
 
-def _free_block(count: int) -> int:
-    for _ in range(100):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            base = int(sock.getsockname()[1])
-        if base + count < 65000 and all(_port_free(base + i) for i in range(count)):
-            return base
-    raise RuntimeError("no free port block on loopback")
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 @contextmanager
 def bench_settings(partitions: int = 12) -> Iterator[Settings]:
     """Settings pointing at Kafka, with a fresh topic prefix for this run."""
@@ -59,7 +40,7 @@ def bench_settings(partitions: int = 12) -> Iterator[Settings]:
         yield replace(load_settings(), topic_prefix=prefix, wal_partitions=partitions)
         return
     with tempfile.TemporaryDirectory(prefix="rolebus-bench-") as tmp:
-        base = _free_block(3)
+        base = ports.free_port_block(3)
         env = {k: v for k, v in os.environ.items() if not k.startswith("ROLEBUS_")}
         settings = load_settings(
             env=env, data_dir=Path(tmp), kafka_port=base, kafka_controller_port=base + 1,

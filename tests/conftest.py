@@ -5,7 +5,6 @@ stopped at the end. Each test gets its own topic prefix."""
 from __future__ import annotations
 
 import os
-import socket
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -14,32 +13,13 @@ from pathlib import Path
 import pytest
 
 from rolebus.config import Settings, load_settings
+from rolebus.stack import ports
 from rolebus.stack.launcher import LocalStack
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port_block(count: int) -> int:
-    """A base port such that base .. base+count-1 are all free."""
-    for _ in range(200):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            base = sock.getsockname()[1]
-        if base + count < 65000 and all(_free(base + i) for i in range(count)):
-            return base
-    raise RuntimeError("no free port block on loopback")
 
 
 def make_stack_settings(data_dir: Path, brokers: int = 1, **extra: object) -> Settings:
     """Settings for a private local stack: own data folder and free ports."""
-    base = free_port_block(2 * brokers + 1)
+    base = ports.free_port_block(2 * brokers + 1)
     env = {k: v for k, v in os.environ.items() if not k.startswith("ROLEBUS_")}
     return load_settings(
         env=env,

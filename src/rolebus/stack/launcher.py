@@ -8,9 +8,7 @@ survives ``down``/``up``. Services configured as external are never started.
 from __future__ import annotations
 
 import asyncio
-import errno
 import json
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -19,7 +17,7 @@ from pathlib import Path
 from rolebus import endpoints
 from rolebus.config import Settings
 from rolebus.errors import RolebusError, StackError
-from rolebus.stack import kafka, postgres, probe, procs
+from rolebus.stack import kafka, ports, postgres, probe, procs
 
 Progress = Callable[[str], None]
 
@@ -242,14 +240,12 @@ def _probe_pg(
 
 
 def _check_port_free(port: int, setting: str) -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                raise StackError(
-                    f"{setting}: 127.0.0.1:{port} is already in use by another process; "
-                    f"choose another port (e.g. {setting}={port + 1000})"
-                ) from exc
-            raise StackError(f"{setting}: cannot bind 127.0.0.1:{port}: {exc}") from exc
+    exc = ports.bind_error(port)
+    if exc is None:
+        return
+    if ports.in_use(exc):
+        raise StackError(
+            f"{setting}: 127.0.0.1:{port} is already in use by another process; "
+            f"choose another port (e.g. {setting}={port + 1000})"
+        ) from exc
+    raise StackError(f"{setting}: cannot bind 127.0.0.1:{port}: {exc}") from exc
