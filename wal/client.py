@@ -18,12 +18,13 @@ from typing import Any, Self
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from opentelemetry.trace import SpanKind
 
 from rolebus import __version__
 from rolebus.config import Settings
 from rolebus.endpoints import Endpoints, resolve
 from rolebus.errors import TransportError, ValidationError
-from rolebus.tracing import setup_tracing
+from rolebus.tracing import setup_tracing, trace_headers, tracer
 from rolebus.wal import codec, topics
 from rolebus.wal.connect import within
 from rolebus.wal.events import (
@@ -49,6 +50,8 @@ from rolebus.wal.events import (
 )
 from rolebus.wal.validate import new_role_id as _new_role_id
 from rolebus.wal.validate import validate
+
+_TRACER = tracer("rolebus.wal.client")
 
 
 @dataclass(frozen=True)
@@ -94,16 +97,25 @@ class RoleClient:
         self._producer: AIOKafkaProducer | None = None
 
     async def start(self) -> None:
+        """Connect, and check the WAL topic exists (fail fast rather than block)."""
         setup_tracing("rolebus-client")
         producer = AIOKafkaProducer(
             bootstrap_servers=self.endpoints.kafka_bootstrap, **producer_config(self.settings)
         )
         try:
             await within(self.settings, self.endpoints, producer.start(), "the producer connection")
+            await self._check_topic(producer)
         except BaseException:
             await producer.stop()
             raise
         self._producer = producer
+
+    async def _check_topic(self, producer: AIOKafkaProducer) -> None:
+        await producer.client.force_metadata_update()
+        if producer.client.cluster.partitions_for_topic(self.topic) is None:
+            raise TransportError(
+                f"topic {self.topic} does not exist: run `rolebus topics ensure`", retriable=False
+            )
 
     async def stop(self) -> None:
         if self._producer is not None:
@@ -144,26 +156,48 @@ class RoleClient:
         return sent
 
     async def send_many(self, envelopes: Sequence[Envelope]) -> list[Sent]:
-        """Validate all, then send all; wait until every one is acknowledged."""
+        """Validate all, then send all; wait until every one is acknowledged.
+
+        Validation is all-or-nothing: one bad event and nothing is sent. Once
+        sending starts the batch is not atomic: on a TransportError, events
+        before the failure may be in the WAL; re-sending the same envelopes is
+        safe (the fold dedupes by event id). Connects on first use if needed.
+        """
         for env in envelopes:
             validate(env, max_content_bytes=self.settings.max_content_bytes)
         if self._producer is None:
-            raise TransportError("RoleClient is not started: use `async with RoleClient(...)`")
+            await self.start()
+        assert self._producer is not None
         encoded = [codec.encode(env) for env in envelopes]
-        try:
-            futures = [
-                await self._producer.send(self.topic, value, key=env.role_id.encode())
-                for env, value in zip(envelopes, encoded, strict=True)
-            ]
-            metas = await asyncio.gather(*futures)
-        except KafkaError as exc:
-            raise TransportError(
-                f"sending to {self.topic} failed: {exc}", retriable=bool(exc.retriable)
-            ) from exc
+        with _TRACER.start_as_current_span(
+            f"{self.topic} send", kind=SpanKind.PRODUCER,
+            attributes={"messaging.system": "kafka", "messaging.destination.name": self.topic,
+                        "messaging.batch.message_count": len(envelopes)},
+        ):  # fmt: skip
+            metas = await self._send_all(envelopes, encoded, trace_headers())
         return [
             Sent(env.event_id, env.role_id, meta.topic, meta.partition, meta.offset)
             for env, meta in zip(envelopes, metas, strict=True)
         ]
+
+    async def _send_all(
+        self, envelopes: Sequence[Envelope], encoded: list[bytes], headers: list[tuple[str, bytes]]
+    ) -> list[Any]:
+        assert self._producer is not None
+        # Our span above already covers the batch and its context is in the
+        # headers: skip the aiokafka instrumentation's per-record span, which
+        # costs several times the send itself.
+        send = getattr(self._producer.send, "__wrapped__", self._producer.send)
+        try:
+            futures = [
+                await send(self.topic, value, key=env.role_id.encode(), headers=headers)
+                for env, value in zip(envelopes, encoded, strict=True)
+            ]
+            return list(await asyncio.gather(*futures))
+        except KafkaError as exc:
+            raise TransportError(
+                f"sending to {self.topic} failed: {exc}", retriable=bool(exc.retriable)
+            ) from exc
 
     async def _emit(self, role_id: str, payload: Payload, expected_seq: int | None) -> Sent:
         return await self.send(self.envelope(role_id, payload, expected_seq=expected_seq))
@@ -271,7 +305,11 @@ class SyncRoleClient:
     def __init__(self, settings: Settings, tenant_id: str, **kwargs: Any) -> None:
         self._runner = asyncio.Runner()
         self._client = RoleClient(settings, tenant_id, **kwargs)
-        self._runner.run(self._client.start())
+        try:
+            self._runner.run(self._client.start())
+        except BaseException:
+            self._runner.close()
+            raise
 
     def close(self) -> None:
         self._runner.run(self._client.stop())

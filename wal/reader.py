@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
 
 from rolebus.config import Settings
@@ -90,7 +91,10 @@ async def _consumer(settings: Settings, ends: Endpoints) -> AsyncIterator[AIOKaf
 
 async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
     # A fresh consumer has no metadata yet, and aiokafka has no public refresh.
-    await consumer._client.force_metadata_update()
+    try:
+        await consumer._client.force_metadata_update()
+    except KafkaError as exc:
+        raise TransportError(f"reading {topic}: metadata request failed: {exc}") from exc
     parts = consumer.partitions_for_topic(topic)
     if not parts:
         raise TransportError(
@@ -103,8 +107,8 @@ async def tail(
     settings: Settings, ends: Endpoints, topic: str, *, from_beginning: bool, follow: bool,
     role_id: str | None = None, idle_s: float = 1.0,
 ) -> AsyncIterator[WalRecord]:  # fmt: skip
-    """Records of ``topic`` in partition order; without ``follow``, stop at the end
-    offsets seen at start."""
+    """Records of ``topic``, in order within each partition (partitions
+    interleave); without ``follow``, stop at the end offsets seen at start."""
     async with _consumer(settings, ends) as consumer:
         tps = await _partitions(consumer, topic)
         consumer.assign(tps)
@@ -154,9 +158,15 @@ async def read_at(
             )
         consumer.seek(tp, offset)
         while True:
-            batch = await asyncio.wait_for(
-                consumer.getmany(tp, timeout_ms=1000), settings.connect_timeout_s
-            )
+            try:
+                batch = await asyncio.wait_for(
+                    consumer.getmany(tp, timeout_ms=1000), settings.connect_timeout_s
+                )
+            except TimeoutError:
+                raise TransportError(
+                    f"{topic}[{partition}]@{offset}: no answer within "
+                    f"{settings.connect_timeout_s:g}s (ROLEBUS_CONNECT_TIMEOUT_S)"
+                ) from None
             for rec in batch.get(tp, []):
                 if rec.offset == offset:
                     return WalRecord.from_kafka(rec)

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
 from rolebus.config import Settings
 from rolebus.endpoints import Endpoints
 from rolebus.errors import TransportError
-from rolebus.wal.connect import admin_client, within
+from rolebus.wal.connect import admin_client, bootstrap_origin, within
 
 KINDS = ("wal", "changes", "commits", "rejections")
 
@@ -109,16 +111,47 @@ async def describe(admin: AIOKafkaAdminClient, name: str) -> tuple[int, int, dic
 async def ensure(settings: Settings, ends: Endpoints, *, fix: bool = False) -> list[TopicReport]:
     """Create missing topics; report (and with ``fix``, repair) config drift."""
     async with admin_client(settings, ends) as admin:
-        brokers = await within(settings, ends, cluster_size(admin), "describe cluster")
-        specs = wanted(settings, brokers)
-        existing = set(await admin.list_topics())
-        missing = [s for s in specs if s.name not in existing]
-        if missing:
-            await within(settings, ends, admin.create_topics(
-                [NewTopic(s.name, s.partitions, s.replication_factor, topic_configs=s.configs)
-                 for s in missing]
-            ), "create topics")  # fmt: skip
-        return [await _report(admin, s, s in missing, fix) for s in specs]
+        try:
+            return await _ensure(settings, ends, admin, fix)
+        except KafkaError as exc:
+            raise TransportError(f"{bootstrap_origin(ends)}: topics ensure failed: {exc}") from exc
+
+
+async def _ensure(
+    settings: Settings, ends: Endpoints, admin: AIOKafkaAdminClient, fix: bool
+) -> list[TopicReport]:
+    brokers = await within(settings, ends, cluster_size(admin), "describe cluster")
+    specs = wanted(settings, brokers)
+    existing = set(await admin.list_topics())
+    missing = [s for s in specs if s.name not in existing]
+    if missing:
+        new = [
+            NewTopic(s.name, s.partitions, s.replication_factor, topic_configs=s.configs)
+            for s in missing
+        ]
+        response = await within(settings, ends, admin.create_topics(new), "create topics")
+        created_elsewhere = check_created(response, brokers)
+        missing = [s for s in missing if s.name not in created_elsewhere]
+    return [await _report(admin, s, s in missing, fix) for s in specs]
+
+
+def check_created(response: Any, brokers: int) -> set[str]:
+    """Raise for per-topic errors of a CreateTopics response (aiokafka returns
+    them instead of raising); return the topics that already existed (a
+    concurrent ``ensure`` created them first)."""
+    raced = set()
+    for topic, code, *rest in response.topic_errors:
+        if code == TopicAlreadyExistsError.errno:
+            raced.add(str(topic))
+        elif code != 0:
+            detail = rest[0] if rest and rest[0] else for_code(code).__name__
+            raise TransportError(
+                f"topic {topic}: not created ({detail}); check ROLEBUS_WAL_PARTITIONS, "
+                f"ROLEBUS_REPLICATION_FACTOR and ROLEBUS_MIN_INSYNC_REPLICAS against the "
+                f"cluster's {brokers} broker(s)",
+                retriable=False,
+            )
+    return raced
 
 
 async def _report(

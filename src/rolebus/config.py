@@ -7,6 +7,7 @@ Every error names the setting (env var spelling) and the rule.
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from collections.abc import Callable, Mapping
@@ -93,8 +94,8 @@ def _parse_float(name: str, raw: Any) -> float:
         value = float(raw)
     except (TypeError, ValueError):
         raise ConfigError(f"{name}: must be a number of seconds (got {raw!r})") from None
-    if value <= 0:
-        raise ConfigError(f"{name}: must be > 0 (got {raw!r})")
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{name}: must be a finite number > 0 (got {raw!r})")
     return value
 
 

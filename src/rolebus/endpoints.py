@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from rolebus.config import Settings
+from rolebus.errors import StackError
 
 STACK_FILE = "stack.json"
 
@@ -30,8 +31,15 @@ def read_stack_file(data_dir: Path) -> dict[str, Any]:
     path = data_dir / STACK_FILE
     if not path.exists():
         return {}
-    loaded = json.loads(path.read_text())
-    return loaded if isinstance(loaded, dict) else {}
+    try:
+        loaded = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise StackError(
+            f"{path}: unreadable ({exc}); delete it and run `rolebus stack up`"
+        ) from exc
+    if not isinstance(loaded, dict):
+        raise StackError(f"{path}: not a JSON object; delete it and run `rolebus stack up`")
+    return loaded
 
 
 def local_bootstrap(kafka_port: int, brokers: int) -> str:
@@ -43,13 +51,16 @@ def local_dsn(pg_port: int) -> str:
 
 
 def resolve(settings: Settings) -> Endpoints:
+    """External where configured, unless the value is just the local stack's own
+    address (as after ``eval "$(rolebus stack env)"``): then it stays local."""
     recorded = read_stack_file(settings.data_dir)
     kafka_port = int(recorded.get("kafka_port", settings.kafka_port))
     brokers = int(recorded.get("brokers", settings.brokers))
     pg_port = int(recorded.get("pg_port", settings.pg_port))
+    local_kafka, local_pg = local_bootstrap(kafka_port, brokers), local_dsn(pg_port)
     return Endpoints(
-        kafka_bootstrap=settings.kafka_bootstrap or local_bootstrap(kafka_port, brokers),
-        pg_dsn=settings.pg_dsn or local_dsn(pg_port),
-        kafka_external=settings.kafka_bootstrap is not None,
-        pg_external=settings.pg_dsn is not None,
+        kafka_bootstrap=settings.kafka_bootstrap or local_kafka,
+        pg_dsn=settings.pg_dsn or local_pg,
+        kafka_external=settings.kafka_bootstrap not in (None, local_kafka),
+        pg_external=settings.pg_dsn not in (None, local_pg),
     )

@@ -1,6 +1,7 @@
 """OpenTelemetry setup: an SDK tracer provider and the aiokafka instrumentation,
-so every produce gets a span and a W3C ``traceparent`` Kafka header, and the
-consumers can continue the trace from those headers.
+so produces get spans and W3C ``traceparent`` Kafka headers, and consumers
+can continue the trace from those headers. The SDK's RoleClient makes one
+producer span per send call and puts its context in every record's headers.
 
 Exporters are the caller's choice (tests use an in-memory one); without one,
 spans are still created so trace context still propagates.
@@ -35,6 +36,13 @@ def setup_tracing(service_name: str, exporter: SpanExporter | None = None) -> Tr
 
 def tracer(name: str) -> trace.Tracer:
     return trace.get_tracer(name)
+
+
+def trace_headers() -> list[tuple[str, bytes]]:
+    """The current trace context as Kafka headers (W3C traceparent/tracestate)."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return [(k, v.encode("latin-1")) for k, v in carrier.items()]
 
 
 def context_from_headers(headers: Iterable[tuple[str, bytes]] | None) -> Context:

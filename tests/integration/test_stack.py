@@ -19,7 +19,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from rolebus import endpoints
 from rolebus.config import Settings, load_settings
-from rolebus.errors import StackError, TransportError
+from rolebus.errors import StackError, StoreError, TransportError
 from rolebus.stack import procs
 from rolebus.stack.launcher import LocalStack
 from rolebus.wal import topics
@@ -255,3 +255,58 @@ def test_cli_reports_bad_settings_on_stderr(tmp_path: Path) -> None:
     assert down.returncode == 1
     assert "ROLEBUS_KAFKA_BOOTSTRAP=127.0.0.1:1" in down.stderr
     assert "Traceback" not in down.stderr
+
+
+def test_stack_up_with_unreachable_external_kafka_fails_fast(tmp_path: Path) -> None:
+    settings = load_settings(
+        env={"ROLEBUS_KAFKA_BOOTSTRAP": "127.0.0.1:1", "ROLEBUS_CONNECT_TIMEOUT_S": "3"},
+        config_file=None,
+        data_dir=tmp_path,
+    )
+    started = time.monotonic()
+    with pytest.raises(StackError, match=r"ROLEBUS_KAFKA_BOOTSTRAP=127\.0\.0\.1:1"):
+        LocalStack(settings).up()
+    assert time.monotonic() - started < 15
+    assert not (tmp_path / "kafka-1").exists()
+
+
+def test_stack_up_with_unreachable_external_postgres_names_it(
+    stack: Settings, tmp_path: Path
+) -> None:
+    settings = replace(
+        stack,
+        data_dir=tmp_path,
+        kafka_port=stack.kafka_port + 50,  # so the session's broker counts as external here
+        kafka_bootstrap=endpoints.resolve(stack).kafka_bootstrap,
+        pg_dsn="postgresql://nobody@127.0.0.1:1/nothing",
+        connect_timeout_s=2.0,
+    )
+    started = time.monotonic()
+    with pytest.raises(StoreError, match="ROLEBUS_PG_DSN"):
+        LocalStack(settings).up()
+    assert time.monotonic() - started < 15
+    assert not (tmp_path / "postgres").exists()
+
+
+def test_running_stack_is_not_moved_to_other_ports(stack: Settings) -> None:
+    recorded = endpoints.read_stack_file(stack.data_dir)
+    moved = replace(stack, kafka_port=stack.kafka_port + 7)
+    with pytest.raises(StackError, match=r"ROLEBUS_KAFKA_PORT: the stack in .* is running on port"):
+        LocalStack(moved).up()
+    assert endpoints.read_stack_file(stack.data_dir) == recorded
+    assert all(s.ready for s in LocalStack(stack).status())
+
+
+def test_exported_local_endpoints_stay_local(stack: Settings) -> None:
+    """After `eval "$(rolebus stack env)"` the stack is still the local one."""
+    local = endpoints.resolve(stack)
+    exported = replace(stack, kafka_bootstrap=local.kafka_bootstrap, pg_dsn=local.pg_dsn)
+    again = endpoints.resolve(exported)
+    assert not again.kafka_external and not again.pg_external
+    assert [s.name for s in LocalStack(exported).status()] == ["kafka-1", "postgres"]
+
+
+def test_topics_the_cluster_cannot_hold_are_an_error(settings: Settings) -> None:
+    too_many = replace(settings, replication_factor=3, min_insync_replicas=2)
+    with pytest.raises(TransportError, match=r"not created .*ROLEBUS_REPLICATION_FACTOR"):
+        asyncio.run(topics.ensure(too_many, endpoints.resolve(too_many)))

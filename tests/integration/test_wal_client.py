@@ -15,7 +15,6 @@ from pathlib import Path
 import avro.io
 import avro.schema
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from rolebus import endpoints
@@ -130,25 +129,29 @@ async def test_send_carries_w3c_trace_context(settings: Settings) -> None:
     assert sends, "the send span of that record was not recorded"
 
 
-async def _raw_values(settings: Settings) -> list[bytes]:
-    """Another Kafka client (plain aiokafka, no rolebus code) reads the raw bytes."""
-    ends = endpoints.resolve(settings)
-    wal = topics.topic_name(settings, "wal")
-    consumer = AIOKafkaConsumer(bootstrap_servers=ends.kafka_bootstrap, enable_auto_commit=False)
-    await consumer.start()
+def _raw_values(settings: Settings, expected: int) -> list[bytes]:
+    """Another Kafka client (librdkafka via confluent-kafka, no rolebus or aiokafka
+    code) reads the raw record values."""
+    from confluent_kafka import Consumer
+
+    consumer = Consumer({
+        "bootstrap.servers": endpoints.resolve(settings).kafka_bootstrap,
+        "group.id": f"interop-{uuid.uuid4().hex}",
+        "auto.offset.reset": "earliest",
+        "enable.auto.commit": False,
+    })  # fmt: skip
     try:
-        await consumer._client.force_metadata_update()
-        tps = [TopicPartition(wal, p) for p in sorted(consumer.partitions_for_topic(wal) or [])]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        end = await consumer.end_offsets(tps)
+        consumer.subscribe([topics.topic_name(settings, "wal")])
         values: list[bytes] = []
-        while sum([await consumer.position(tp) for tp in tps]) < sum(end.values()):
-            for batch in (await consumer.getmany(*tps, timeout_ms=2000)).values():
-                values += [r.value for r in batch]
+        for _ in range(60):
+            for msg in consumer.consume(num_messages=100, timeout=1.0):
+                assert msg.error() is None, msg.error()
+                values.append(msg.value())
+            if len(values) >= expected:
+                break
         return values
     finally:
-        await consumer.stop()
+        consumer.close()
 
 
 async def test_wal_bytes_decode_with_apache_avro_and_the_avsc(settings: Settings) -> None:
@@ -159,7 +162,7 @@ async def test_wal_bytes_decode_with_apache_avro_and_the_avsc(settings: Settings
     avsc = resources.files("rolebus.schemas").joinpath("envelope.avsc").read_text()
     apache = avro.schema.parse(avsc)
     decoded = []
-    for value in await _raw_values(settings):
+    for value in _raw_values(settings, len(envs)):
         assert value[:2] == b"\xc3\x01"  # Avro single-object marker
         assert int.from_bytes(value[2:10], "little") == schema.current().fingerprint
         body = avro.io.BinaryDecoder(io.BytesIO(value[10:]))
@@ -313,3 +316,32 @@ def test_occurred_at_keeps_microseconds(settings: Settings) -> None:
     assert env is not None and env.occurred_at == datetime(2030, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
     assert env.event_id == uuid.UUID(int=7)
     assert codec.decode(codec.encode(env)) == env
+
+
+def test_cli_validates_before_connecting() -> None:
+    """Bad input is reported as bad input even when no broker is reachable."""
+    env = {**os.environ, "ROLEBUS_KAFKA_BOOTSTRAP": "127.0.0.1:1", "ROLEBUS_CONNECT_TIMEOUT_S": "2"}
+    cli = [sys.executable, "-c", "from rolebus.cli import main; main()"]
+    bad = subprocess.run(
+        [*cli, "say", "r-1", "-t", "acme", "--author", "robot", "hi"],
+        env=env, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert bad.returncode == 1
+    assert "payload.author: must be one of" in bad.stderr
+    good = subprocess.run(
+        [*cli, "say", "r-1", "-t", "acme", "hi"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert good.returncode == 1
+    assert "ROLEBUS_KAFKA_BOOTSTRAP=127.0.0.1:1" in good.stderr
+
+
+async def test_client_refuses_a_missing_wal_topic(settings: Settings) -> None:
+    from rolebus.errors import TransportError
+
+    with pytest.raises(TransportError, match="does not exist: run `rolebus topics ensure`"):
+        async with RoleClient(settings, "acme"):
+            pass

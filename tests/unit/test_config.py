@@ -39,6 +39,10 @@ def test_env_values_are_parsed() -> None:
             "ROLEBUS_MIN_INSYNC_REPLICAS: must be <= ROLEBUS_REPLICATION_FACTOR",
         ),
         ({"ROLEBUS_KAFKA_CONTROLLER_PORT": "9092"}, "port ranges overlap"),
+        (
+            {"ROLEBUS_CONNECT_TIMEOUT_S": "nan"},
+            "ROLEBUS_CONNECT_TIMEOUT_S: must be a finite number",
+        ),
     ],
 )
 def test_bad_settings_name_the_setting(env: dict[str, str], needle: str) -> None:

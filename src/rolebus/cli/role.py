@@ -32,8 +32,12 @@ def _send(ctx: typer.Context, tenant: str, call: Callable[[RoleClient], Awaitabl
     settings = state(ctx).settings()
 
     async def run() -> Sent:
-        async with RoleClient(settings, tenant, producer=f"rolebus-cli/{__version__}") as client:
+        # Not started up front: the event is validated before any connection.
+        client = RoleClient(settings, tenant, producer=f"rolebus-cli/{__version__}")
+        try:
             return await call(client)
+        finally:
+            await client.stop()
 
     return asyncio.run(run())
 

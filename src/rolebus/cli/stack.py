@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import time
 from dataclasses import asdict
 from typing import Annotated
@@ -18,7 +19,9 @@ app = typer.Typer(
     help="Run the local stack: real Kafka (KRaft) + PostgreSQL/pgvector.", no_args_is_help=True
 )
 
-BrokersOpt = Annotated[int | None, typer.Option("--brokers", help="KRaft nodes (1 or 3)")]
+BrokersOpt = Annotated[
+    int | None, typer.Option("--brokers", help="KRaft nodes (1; 3 for replication tests)")
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output")]
 
 
@@ -59,8 +62,8 @@ def status(ctx: typer.Context, as_json: JsonOpt = False) -> None:
 def env(ctx: typer.Context) -> None:
     """Print the endpoints as shell exports: eval "$(rolebus stack env)"."""
     ends = endpoints.resolve(state(ctx).settings())
-    print(f"export ROLEBUS_KAFKA_BOOTSTRAP={ends.kafka_bootstrap}")
-    print(f"export ROLEBUS_PG_DSN={ends.pg_dsn}")
+    print(f"export ROLEBUS_KAFKA_BOOTSTRAP={shlex.quote(ends.kafka_bootstrap)}")
+    print(f"export ROLEBUS_PG_DSN={shlex.quote(ends.pg_dsn)}")
 
 
 def _show(services: list[ServiceStatus], as_json: bool) -> None:

@@ -203,8 +203,10 @@ def start(libs_dir: Path, node: KafkaNode, heap: str) -> int:
     env = {**os.environ, "ROLEBUS_LOG": str(node.home / "logs" / "stdout.log")}
     proc = subprocess.run(
         ["/bin/sh", "-c", script, "sh", *cmd], env=env, cwd=node.home,
-        capture_output=True, text=True, check=True, start_new_session=True,
+        capture_output=True, text=True, check=False, start_new_session=True,
     )  # fmt: skip
+    if proc.returncode != 0 or not proc.stdout.strip().isdigit():
+        raise StackError(f"kafka node {node.node_id}: could not start java: {proc.stderr.strip()}")
     return int(proc.stdout.strip())
 
 

@@ -46,22 +46,42 @@ class LocalStack:
 
     # --- layout ---------------------------------------------------------------
 
+    def _layout(self, key: str) -> int:
+        """A port or count as recorded by the last ``up`` (settings before any)."""
+        recorded = endpoints.read_stack_file(self.data_dir)
+        return int(recorded.get(key, getattr(self.settings, key)))
+
     def nodes(self) -> list[kafka.KafkaNode]:
-        s = self.settings
+        port, ctl = self._layout("kafka_port"), self._layout("kafka_controller_port")
         return [
-            kafka.KafkaNode(i + 1, s.kafka_port + i, s.kafka_controller_port + i,
-                            self.data_dir / f"kafka-{i + 1}")
-            for i in range(self._brokers())
-        ]  # fmt: skip
+            kafka.KafkaNode(i + 1, port + i, ctl + i, self.data_dir / f"kafka-{i + 1}")
+            for i in range(self._layout("brokers"))
+        ]
 
     def pg(self) -> postgres.PgNode:
-        return postgres.PgNode(self.settings.pg_port, self.data_dir / "postgres")
+        return postgres.PgNode(self._layout("pg_port"), self.data_dir / "postgres")
 
-    def _brokers(self) -> int:
-        return int(endpoints.read_stack_file(self.data_dir).get("brokers", self.settings.brokers))
+    def _check_moves(self) -> None:
+        """Refuse to re-port a running stack: its clients would lose it."""
+        s = self.settings
+        kafka_up = any(procs.inspect(n.pid_file, str(n.config_file)).alive for n in self.nodes())
+        pg = self.pg()
+        moves = [
+            ("ROLEBUS_KAFKA_PORT", "kafka_port", kafka_up),
+            ("ROLEBUS_KAFKA_CONTROLLER_PORT", "kafka_controller_port", kafka_up),
+            ("ROLEBUS_PG_PORT", "pg_port", procs.inspect(pg.pid_file, str(pg.pgdata)).alive),
+        ]
+        for setting, key, running in moves:
+            if running and self._layout(key) != getattr(s, key):
+                raise StackError(
+                    f"{setting}: the stack in {self.data_dir} is running on port "
+                    f"{self._layout(key)}, not {getattr(s, key)}; run `rolebus stack down` "
+                    "before moving it, or drop the setting"
+                )
 
     def _record(self) -> str:
-        """Create or check stack.json; return the cluster id."""
+        """Check, then create or update stack.json; return the cluster id."""
+        self._check_moves()
         recorded = endpoints.read_stack_file(self.data_dir)
         if recorded and recorded.get("brokers") != self.settings.brokers:
             raise StackError(
@@ -75,7 +95,10 @@ class LocalStack:
             "kafka_controller_port": s.kafka_controller_port, "pg_port": s.pg_port,
             "kafka_version": kafka.kafka_version(),
         }  # fmt: skip
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StackError(f"ROLEBUS_DATA_DIR: cannot create {self.data_dir}: {exc}") from exc
         (self.data_dir / endpoints.STACK_FILE).write_text(json.dumps(record, indent=2) + "\n")
         return cluster_id
 
@@ -84,14 +107,22 @@ class LocalStack:
     def up(self) -> list[ServiceStatus]:
         started = time.monotonic()
         ends = endpoints.resolve(self.settings)
-        if not ends.kafka_external:
+        # External services first: fail fast before starting anything local.
+        if ends.kafka_external:
+            self._ready_kafka(ends)
+        if ends.pg_external:
+            self._ready_pg(ends)
+        if not (ends.kafka_external and ends.pg_external):
             cluster_id = self._record()
-            self._start_kafka(cluster_id)
-        if not ends.pg_external:
-            self._record()
-            self._start_pg()
+            if not ends.kafka_external:
+                self._start_kafka(cluster_id)
+            if not ends.pg_external:
+                self._start_pg()
         ends = endpoints.resolve(self.settings)
-        self._wait_ready(ends)
+        if not ends.kafka_external:
+            self._ready_kafka(ends)
+        if not ends.pg_external:
+            self._ready_pg(ends)
         self.progress(f"stack ready in {time.monotonic() - started:.1f}s")
         return self.status(probe_timeout_s=self.settings.connect_timeout_s)
 
@@ -135,18 +166,30 @@ class LocalStack:
             pid_file.unlink(missing_ok=True)
         return state.alive
 
-    def _wait_ready(self, ends: endpoints.Endpoints) -> None:
-        timeout = max(90.0, self.settings.connect_timeout_s)
-        brokers = 1 if ends.kafka_external else len(self.nodes())
+    def _ready_kafka(self, ends: endpoints.Endpoints) -> None:
+        """Local brokers get time to boot and a write round trip; an external
+        cluster must answer within connect_timeout_s and is never written to here."""
+        local, timeout = not ends.kafka_external, self.settings.connect_timeout_s
         try:
-            health = asyncio.run(probe.kafka_ready(ends.kafka_bootstrap, brokers, timeout))
+            health = asyncio.run(probe.kafka_ready(
+                ends.kafka_bootstrap, len(self.nodes()) if local else 1,
+                max(90.0, timeout) if local else timeout, round_trip=local,
+            ))  # fmt: skip
         except RolebusError as exc:
-            raise StackError(f"{exc}\n{self._kafka_logs()}") from exc
-        self.progress(
-            f"kafka: {health.brokers} broker(s) ready, round trip {health.round_trip_ms:.0f} ms"
+            if local:
+                raise StackError(f"local kafka: {exc}\n{self._kafka_logs()}") from exc
+            raise StackError(f"ROLEBUS_KAFKA_BOOTSTRAP={ends.kafka_bootstrap}: {exc}") from exc
+        what = "local" if local else "external (nothing local started)"
+        self.progress(f"kafka: {what}, {health.brokers} broker(s) ready")
+
+    def _ready_pg(self, ends: endpoints.Endpoints) -> None:
+        local, timeout = not ends.pg_external, self.settings.connect_timeout_s
+        origin = "local postgres" if local else "ROLEBUS_PG_DSN"
+        pg = probe.pg_ready(
+            ends.pg_dsn, timeout * 3 if local else timeout, create=local, origin=origin
         )
-        pg = probe.pg_ready(ends.pg_dsn, self.settings.connect_timeout_s * 3, create=True)
-        self.progress(f"postgres: {pg.server_version} ready, pgvector {pg.vector_version}")
+        what = "local" if local else "external (nothing local started)"
+        self.progress(f"postgres: {what}, {pg.server_version} ready, pgvector {pg.vector_version}")
 
     def _kafka_logs(self) -> str:
         parts = []

@@ -62,7 +62,15 @@ def _run_as() -> str | None:
     try:
         pwd.getpwnam(SYSTEM_USER)
     except KeyError:
-        subprocess.run(["useradd", "--system", "--no-create-home", SYSTEM_USER], check=True)
+        made = subprocess.run(
+            ["useradd", "--system", "--no-create-home", SYSTEM_USER],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        if made.returncode != 0:
+            raise StackError(
+                f"postgres: cannot create system user {SYSTEM_USER} to run PostgreSQL as "
+                f"(it refuses to run as root): {made.stderr.strip()}"
+            ) from None
     return SYSTEM_USER
 
 

@@ -6,7 +6,6 @@ readiness: a broker accepts connections well before it can take writes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
@@ -35,16 +34,20 @@ class PgHealth:
     vector_version: str
 
 
-async def _broker_count(bootstrap: str, timeout_s: float) -> int:
+async def _broker_count(bootstrap: str, timeout_s: float, create_ready_topic: bool) -> int:
     admin = AIOKafkaAdminClient(
         bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000)
     )
-    await admin.start()
     try:
+        await admin.start()
         cluster = await admin.describe_cluster()
-        with contextlib.suppress(TopicAlreadyExistsError):
-            await admin.create_topics([NewTopic(READY_TOPIC, 1, min(3, len(cluster["brokers"])))])
-        return len(cluster["brokers"])
+        brokers = len(cluster["brokers"])
+        if create_ready_topic and READY_TOPIC not in await admin.list_topics():
+            response = await admin.create_topics([NewTopic(READY_TOPIC, 1, min(3, brokers))])
+            for topic, code, *_ in response.topic_errors:
+                if code not in (0, TopicAlreadyExistsError.errno):
+                    raise TransportError(f"kafka at {bootstrap}: cannot create {topic}: {code}")
+        return brokers
     finally:
         await admin.close()
 
@@ -53,14 +56,14 @@ async def _round_trip(bootstrap: str) -> float:
     start = time.perf_counter()
     token = uuid.uuid4().bytes
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
-    await producer.start()
     try:
+        await producer.start()
         meta = await producer.send_and_wait(READY_TOPIC, token)
     finally:
         await producer.stop()
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
     try:
+        await consumer.start()
         tp = TopicPartition(READY_TOPIC, meta.partition)
         consumer.assign([tp])
         consumer.seek(tp, meta.offset)
@@ -72,17 +75,25 @@ async def _round_trip(bootstrap: str) -> float:
     return (time.perf_counter() - start) * 1000
 
 
-async def kafka_ready(bootstrap: str, expected_brokers: int, timeout_s: float) -> KafkaHealth:
-    """Wait until ``expected_brokers`` answer metadata and a record round-trips."""
+async def kafka_ready(
+    bootstrap: str, expected_brokers: int, timeout_s: float, *, round_trip: bool = True
+) -> KafkaHealth:
+    """Wait until ``expected_brokers`` answer metadata and (with ``round_trip``,
+    for the local stack) a record written to ``__rolebus_ready`` reads back."""
     deadline = time.monotonic() + timeout_s
     last: Exception | None = None
     # aiokafka logs every refused connection at ERROR while the broker boots.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     while time.monotonic() < deadline:
         try:
-            count = await _broker_count(bootstrap, max(1.0, deadline - time.monotonic()))
+            left = max(1.0, deadline - time.monotonic())
+            count = await _broker_count(bootstrap, left, create_ready_topic=round_trip)
             if count >= expected_brokers:
-                rtt = await asyncio.wait_for(_round_trip(bootstrap), deadline - time.monotonic())
+                rtt = 0.0
+                if round_trip:
+                    rtt = await asyncio.wait_for(
+                        _round_trip(bootstrap), deadline - time.monotonic()
+                    )
                 return KafkaHealth(brokers=count, round_trip_ms=rtt)
             last = TransportError(f"{count} of {expected_brokers} brokers registered")
         except (KafkaError, OSError, TimeoutError, TransportError) as exc:
@@ -111,19 +122,24 @@ def ensure_database(dsn: str, timeout_s: float) -> None:
         conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
 
 
-def pg_ready(dsn: str, timeout_s: float, *, create: bool = False) -> PgHealth:
-    """Wait until a real query answers; with ``create``, set up database + pgvector."""
+def pg_ready(dsn: str, timeout_s: float, *, create: bool = False, origin: str = "") -> PgHealth:
+    """Wait until a real query answers; with ``create`` (the local stack only),
+    set up the database and pgvector. Only "not up yet" is retried: a refused
+    login or a missing database fails at once."""
+    where = origin or f"postgres at {_redact(dsn)}"
     deadline = time.monotonic() + timeout_s
-    last: Exception | None = None
+    last: psycopg.Error | None = None
     while time.monotonic() < deadline:
         try:
             if create:
                 ensure_database(dsn, max(1.0, deadline - time.monotonic()))
             return _pg_health(dsn, max(1.0, deadline - time.monotonic()))
         except psycopg.Error as exc:
+            if exc.sqlstate not in (None, "57P03"):  # 57P03: the server is starting up
+                raise StoreError(f"{where}: {exc} (sqlstate {exc.sqlstate})") from exc
             last = exc
         time.sleep(0.3)
-    raise StoreError(f"postgres at {_redact(dsn)} not ready after {timeout_s:.0f}s: {last}")
+    raise StoreError(f"{where}: not ready after {timeout_s:.0f}s: {last}")
 
 
 def _pg_health(dsn: str, timeout_s: float) -> PgHealth:
