@@ -96,6 +96,8 @@ def _chars(field: str, value: object, low: int, high: int) -> str:
 
 
 def _utf8_size(field: str, text: str) -> int:
+    if text.isascii():  # O(1) in CPython; ASCII has no lone surrogates, 1 byte per char
+        return len(text)
     try:
         return len(text.encode("utf-8"))
     except UnicodeEncodeError:
@@ -137,11 +139,13 @@ def _optional(field: str, value: object, check: Callable[[str, object], object])
 
 
 def _model(field: str, value: object) -> None:
-    _optional(field, value, lambda f, v: _chars(f, v, 1, MAX_MODEL_CHARS))
+    if value is not None:
+        _chars(field, value, 1, MAX_MODEL_CHARS)
 
 
 def _reason(field: str, value: object) -> None:
-    _optional(field, value, lambda f, v: _chars(f, v, 0, MAX_REASON_CHARS))
+    if value is not None:
+        _chars(field, value, 0, MAX_REASON_CHARS)
 
 
 # --- collections -------------------------------------------------------------
@@ -187,7 +191,8 @@ def _tool_call(field: str, call: object, max_bytes: int) -> None:
     except ValueError as exc:
         rule = f"must be a JSON document ({exc})"
         raise ValidationError(f"{field}.arguments_json", rule, arguments) from None
-    _optional(f"{field}.result", call.result, lambda f, v: _max_bytes(f, v, max_bytes))
+    if call.result is not None:
+        _max_bytes(f"{field}.result", call.result, max_bytes)
 
 
 # --- payloads ----------------------------------------------------------------
@@ -214,15 +219,17 @@ def _message(p: MessageAppended, max_bytes: int) -> None:
     if not isinstance(p.author, Author):
         allowed = ", ".join(a.value for a in Author)
         raise ValidationError("payload.author", f"must be an Author ({allowed})", p.author)
-    if _string("payload.content", p.content) == "":
+    # Size first (it checks the type too): an empty string passes it, then fails here.
+    if _max_bytes("payload.content", p.content, max_bytes, "max_content_bytes") == "":
         raise ValidationError("payload.content", "must not be empty", p.content)
-    _max_bytes("payload.content", p.content, max_bytes, "max_content_bytes")
     _int("payload.tokens_in", p.tokens_in, 0, MAX_TOKENS)
     _int("payload.tokens_out", p.tokens_out, 0, MAX_TOKENS)
-    _optional("payload.latency_ms", p.latency_ms, lambda f, v: _int(f, v, 0, MAX_LONG))
+    if p.latency_ms is not None:
+        _int("payload.latency_ms", p.latency_ms, 0, MAX_LONG)
     _model("payload.model", p.model)
     _flags("payload.flags", p.flags)
-    _optional("payload.tool_call", p.tool_call, lambda f, v: _tool_call(f, v, max_bytes))
+    if p.tool_call is not None:
+        _tool_call("payload.tool_call", p.tool_call, max_bytes)
 
 
 def _persona(p: PersonaUpdated, max_bytes: int) -> None:
@@ -279,7 +286,8 @@ def validate(envelope: Envelope, *, max_content_bytes: int = DEFAULT_MAX_CONTENT
     _pattern("role_id", envelope.role_id, ROLE_ID_PATTERN, "a role id")
     _occurred_at(envelope.occurred_at)
     _chars("producer", envelope.producer, 1, MAX_PRODUCER_CHARS)
-    _optional("expected_seq", envelope.expected_seq, lambda f, v: _int(f, v, 0, MAX_LONG))
+    if envelope.expected_seq is not None:
+        _int("expected_seq", envelope.expected_seq, 0, MAX_LONG)
     check = _PAYLOAD_CHECKS.get(type(envelope.payload))
     if check is None:
         names = ", ".join(t.__name__ for t in PAYLOAD_TYPES)
