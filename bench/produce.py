@@ -25,8 +25,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 from aiokafka import AIOKafkaProducer
-from opentelemetry.instrumentation.aiokafka import AIOKafkaInstrumentor
 from common import bench_settings, console, save, say
+from opentelemetry.instrumentation.aiokafka import AIOKafkaInstrumentor
 from rich.table import Table
 
 from rolebus.config import Settings
