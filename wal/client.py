@@ -11,10 +11,9 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, NamedTuple, Self
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
@@ -54,9 +53,9 @@ from rolebus.wal.validate import validate
 _TRACER = tracer("rolebus.wal.client")
 
 
-@dataclass(frozen=True)
-class Sent:
-    """Where one event landed in the WAL."""
+class Sent(NamedTuple):
+    """Where one event landed in the WAL (a NamedTuple: one per event on the
+    hot path, and much cheaper to build than a frozen dataclass)."""
 
     event_id: uuid.UUID
     role_id: RoleId

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict
 from typing import Annotated
 
 import typer
@@ -44,7 +43,7 @@ def _send(ctx: typer.Context, tenant: str, call: Callable[[RoleClient], Awaitabl
 
 def _report(sent: Sent, as_json: bool) -> None:
     if as_json:
-        print_json(asdict(sent))
+        print_json(sent._asdict())
     else:
         print(
             f"{sent.role_id} event {sent.event_id} -> {sent.topic}[{sent.partition}]@{sent.offset}"
@@ -81,7 +80,7 @@ def create(
         name, persona, traits=traits, model=model, skills=skill or [], role_id=role_id
     ))  # fmt: skip
     if as_json:
-        print_json(asdict(sent))
+        print_json(sent._asdict())
     else:
         print(sent.role_id)
 
@@ -167,6 +166,6 @@ def fork(
     """Start a new role from a commit of ROLE; prints the new role id."""
     sent = _send(ctx, tenant, lambda c: c.fork(role, commit_id, name))
     if as_json:
-        print_json(asdict(sent))
+        print_json(sent._asdict())
     else:
         print(sent.role_id)
