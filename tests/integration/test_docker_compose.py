@@ -308,8 +308,8 @@ def test_unmodified_copy_is_valid(compose: Compose, tmp_path: Path) -> None:
             "service_finished",
         ),
         (
-            'command: ["worker"]\n    depends_on:\n      topics:',
-            'command: ["worker"]\n    depends_on:\n      topicz:',
+            'profiles: ["workers"]\n    depends_on:\n      topics:',
+            'profiles: ["workers"]\n    depends_on:\n      topicz:',
             "topicz",
         ),
         ("\nservices:\n", "\nservicez:\n", "servicez"),
