@@ -9,6 +9,7 @@ events stay ordered in one partition. Each call returns where its events landed.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -110,11 +111,19 @@ class RoleClient:
         self._producer = producer
 
     async def _check_topic(self, producer: AIOKafkaProducer) -> None:
-        await producer.client.force_metadata_update()
-        if producer.client.cluster.partitions_for_topic(self.topic) is None:
-            raise TransportError(
-                f"topic {self.topic} does not exist: run `rolebus topics ensure`", retriable=False
-            )
+        # A topic created a moment ago may be missing from one metadata answer:
+        # ask again for a few seconds before calling it missing.
+        deadline = time.monotonic() + min(5.0, self.settings.connect_timeout_s)
+        while True:
+            await producer.client.force_metadata_update()
+            if producer.client.cluster.partitions_for_topic(self.topic) is not None:
+                return
+            if time.monotonic() >= deadline:
+                raise TransportError(
+                    f"topic {self.topic} does not exist: run `rolebus topics ensure`",
+                    retriable=False,
+                )
+            await asyncio.sleep(0.1)
 
     async def stop(self) -> None:
         if self._producer is not None:
