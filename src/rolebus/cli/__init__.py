@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from rolebus.cli import demo, role, stack, topics, wal
+from rolebus.cli import demo, role, stack, topics, wal, worker
 from rolebus.cli.common import State
 from rolebus.errors import ConfigError, RolebusError
 
@@ -30,6 +30,7 @@ app.command()(role.commit)
 app.command()(role.rollback)
 app.command()(role.fork)
 app.command()(demo.demo)
+app.command()(worker.worker)
 
 
 @app.callback()

@@ -1,0 +1,271 @@
+"""Folding WAL records into output records and table updates, without I/O.
+
+The faust worker hands each batch of one partition to a ``Folder``; tests and
+replays use ``fold_log`` over whole partitions. Both go through the same steps:
+
+1. ``admit``: decode the record; an undecodable record, or one whose Kafka key
+   is not its role id (which would split a role across partitions), becomes a
+   ``RejectionRecord`` with the original bytes.
+2. ``Folder.waits_for``: a ``RoleForked`` of a new role whose source commit is
+   not visible yet names that commit; the caller may wait for it (it can be cut
+   on another partition) before folding.
+3. ``Folder.apply``: ``apply_event`` on the role's current state; Accepted ->
+   a ``ChangeRecord`` plus a ``CommitRecord`` per commit cut, Rejected -> a
+   ``RejectionRecord``, Duplicate -> nothing (its outputs were delivered
+   before the state that remembers it was stored).
+
+Invariants: the records of an item depend only on the item, the role's state
+and the commits visible, never on batch boundaries, so a batch cut anywhere
+and re-folded after a crash emits identical records; ``Folder.states`` holds
+exactly the roles the batch changed, with their final state.
+
+Fork visibility (``fold_log``): each partition is folded in offset order;
+a fork whose source commit is unknown blocks its partition while others make
+progress; when every unfinished partition is blocked, the blocked forks are
+folded as they are (refused: unknown commit). This is what the workers do
+(they wait ``fork_wait_s`` for the commit), so both agree whenever a fork's
+source commit is cut by an event that does not itself wait for that fork.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from rolebus.errors import DecodeError
+from rolebus.streams.commits import ChainLookup, Commit, CommitLookup
+from rolebus.streams.fold import apply_event
+from rolebus.streams.outcome import Accepted, Duplicate, Outcome, Rejected, Superseded
+from rolebus.streams.serde import commit_record
+from rolebus.streams.state import FoldConfig, RoleState
+from rolebus.wal import codec
+from rolebus.wal.canonical import to_micros
+from rolebus.wal.events import CommitId, Envelope, RoleForked, RoleId, RolledBack, WalPosition
+from rolebus.wal.records import (
+    KEY_MISMATCH,
+    UNDECODABLE,
+    ChangeRecord,
+    CommitRecord,
+    OutputRecord,
+    RejectionRecord,
+    SeqRanges,
+)
+
+
+@dataclass(frozen=True)
+class WalItem:
+    """One WAL record as the worker received it."""
+
+    position: WalPosition
+    key: bytes | None
+    value: bytes
+
+
+@dataclass(frozen=True)
+class Step:
+    """What folding one WAL record produced."""
+
+    outcome: str
+    """accepted | rejected | duplicate | undecodable | key_mismatch."""
+    records: tuple[OutputRecord, ...]
+    envelope: Envelope | None = None
+
+
+def _where(pos: WalPosition) -> str:
+    return f"WAL record {pos.topic}[{pos.partition}]@{pos.offset}"
+
+
+def admit(item: WalItem) -> Envelope | RejectionRecord:
+    """The item's envelope, or the rejection of a record the fold cannot take."""
+    try:
+        envelope = codec.decode(item.value)
+    except DecodeError as exc:
+        message = f"{_where(item.position)}: {exc} (original bytes kept; fix the producer)"
+        return RejectionRecord(item.position, UNDECODABLE, message, item.value)
+    if item.key != envelope.role_id.encode():
+        message = (
+            f"role '{envelope.role_id}': {_where(item.position)} has key {item.key!r}, not the "
+            "role id (produce with key = role id so a role's events share one partition)"
+        )
+        return _rejection(item, envelope, KEY_MISMATCH, message)
+    return envelope
+
+
+def _rejection(item: WalItem, env: Envelope, reason: str, message: str) -> RejectionRecord:
+    return RejectionRecord(
+        position=item.position, reason=reason, message=message, original=item.value,
+        event_id=str(env.event_id), role_id=env.role_id, tenant_id=env.tenant_id,
+        event_type=env.event_type, occurred_at_us=to_micros(env.occurred_at),
+    )  # fmt: skip
+
+
+def _ranges(gone: Superseded | None) -> SeqRanges | None:
+    if gone is None:
+        return None
+    return SeqRanges(gone.after_seq, tuple(gone.superseded), tuple(gone.restored), tuple(gone.live))
+
+
+def change_record(item: WalItem, env: Envelope, accepted: Accepted) -> ChangeRecord:
+    return ChangeRecord(
+        event_id=str(env.event_id), role_id=env.role_id, tenant_id=env.tenant_id,
+        seq=accepted.seq, head_commit_id=accepted.state.head_commit_id,
+        event_type=env.event_type, position=item.position,
+        occurred_at_us=to_micros(env.occurred_at),
+        commit_ids=tuple(c.commit_id for c in accepted.commits), event=item.value,
+        superseded=_ranges(accepted.superseded),
+    )  # fmt: skip
+
+
+def records_for(item: WalItem, env: Envelope, outcome: Outcome) -> tuple[OutputRecord, ...]:
+    """The output records of one folded event."""
+    if isinstance(outcome, Accepted):
+        commits = tuple(commit_record(c, item.position) for c in outcome.commits)
+        return (change_record(item, env, outcome), *commits)
+    if isinstance(outcome, Rejected):
+        return (_rejection(item, env, outcome.reason.value, outcome.message),)
+    return ()
+
+
+_LABELS = {Accepted: "accepted", Rejected: "rejected", Duplicate: "duplicate"}
+
+
+@dataclass
+class Folder:
+    """Folds the records of one partition; see the module docstring."""
+
+    source: Callable[[RoleId], RoleState | None]
+    """The stored state of a role (the table), None for an unknown role."""
+    lookup: CommitLookup
+    """Commits stored before this batch (the table, other partitions)."""
+    config: FoldConfig
+    states: dict[RoleId, RoleState] = field(default_factory=dict)
+    """Roles changed so far, with their latest state."""
+    commits: dict[CommitId, tuple[Commit, WalPosition]] = field(default_factory=dict)
+    """Commits cut so far, with the position of the event that cut each."""
+
+    def __post_init__(self) -> None:
+        self._chain = ChainLookup(_NewCommits(self.commits), self.lookup)
+
+    def state_of(self, role_id: RoleId) -> RoleState | None:
+        found = self.states.get(role_id)
+        return found if found is not None else self.source(role_id)
+
+    def waits_for(self, envelope: Envelope) -> CommitId | None:
+        """The fork source commit this event needs and nobody can see yet."""
+        payload = envelope.payload
+        if not isinstance(payload, RoleForked) or envelope.expected_seq not in (None, 0):
+            return None
+        if self.state_of(envelope.role_id) is not None:
+            return None  # a duplicate or a refused re-creation: no commit needed
+        if self._chain.get(payload.source_commit_id) is not None:
+            return None
+        return payload.source_commit_id
+
+    def apply(self, item: WalItem, admitted: Envelope | RejectionRecord) -> Step:
+        if isinstance(admitted, RejectionRecord):
+            return Step(admitted.reason, (admitted,))
+        env = admitted
+        state = self.state_of(env.role_id)
+        lookup = _OwnCommits(self._chain, env.role_id) if _rolls_back(env) else self._chain
+        new, outcome = apply_event(state, env, item.position, lookup=lookup, config=self.config)
+        if new is not None and new is not state:
+            self.states[env.role_id] = new
+        if isinstance(outcome, Accepted):
+            self.commits.update((c.commit_id, (c, item.position)) for c in outcome.commits)
+        return Step(_LABELS[type(outcome)], records_for(item, env, outcome), env)
+
+    def commit_records(self) -> list[CommitRecord]:
+        return [commit_record(c, pos) for c, pos in self.commits.values()]
+
+
+def _rolls_back(env: Envelope) -> bool:
+    return isinstance(env.payload, RolledBack)
+
+
+class _OwnCommits:
+    """A rollback only ever sees its own role's commits. Whether a worker can see
+    another role's commit depends on timing (it may live on another worker), so
+    a rollback to one is refused as an unknown commit, the same in every run."""
+
+    def __init__(self, lookup: CommitLookup, role_id: RoleId) -> None:
+        self._lookup, self._role_id = lookup, role_id
+
+    def get(self, commit_id: CommitId, /) -> Commit | None:
+        found = self._lookup.get(commit_id)
+        return found if found is not None and found.role_id == self._role_id else None
+
+
+class _NewCommits:
+    """A CommitLookup over the commits a Folder cut."""
+
+    def __init__(self, commits: Mapping[CommitId, tuple[Commit, WalPosition]]) -> None:
+        self._commits = commits
+
+    def get(self, commit_id: CommitId, /) -> Commit | None:
+        found = self._commits.get(commit_id)
+        return None if found is None else found[0]
+
+
+# --- whole logs (tests, replay) ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LogResult:
+    """The end of ``fold_log``."""
+
+    states: Mapping[RoleId, RoleState]
+    commits: Mapping[CommitId, Commit]
+    records: tuple[OutputRecord, ...]
+    """Every output record, partitions interleaved as folded."""
+
+
+def fold_log(partitions: Mapping[int, Sequence[WalItem]], config: FoldConfig) -> LogResult:
+    """Fold whole partitions with the workers' fork semantics (module docstring)."""
+    folder = Folder(lambda _: None, _NoCommits(), config)
+    cursors = dict.fromkeys(partitions, 0)
+    records: list[OutputRecord] = []
+    while any(cursors[p] < len(items) for p, items in partitions.items()):
+        progressed = False
+        for p in sorted(partitions):
+            progressed = _advance(folder, partitions[p], cursors, p, records) or progressed
+        if not progressed:
+            # Deadlock: every unfinished partition waits for a fork source that no
+            # partition can cut. Fold all those forks at once (refused: unknown commit).
+            for p in sorted(partitions):
+                if cursors[p] < len(partitions[p]):
+                    item = partitions[p][cursors[p]]
+                    records.extend(folder.apply(item, admit(item)).records)
+                    cursors[p] += 1
+    commits = {cid: c for cid, (c, _) in folder.commits.items()}
+    return LogResult(dict(folder.states), commits, tuple(records))
+
+
+def _advance(
+    folder: Folder, items: Sequence[WalItem], cursors: dict[int, int], p: int,
+    records: list[OutputRecord],
+) -> bool:  # fmt: skip
+    """Fold partition ``p`` until it ends or blocks on a fork; True if it moved."""
+    start = cursors[p]
+    while cursors[p] < len(items):
+        item = items[cursors[p]]
+        admitted = admit(item)
+        if isinstance(admitted, Envelope) and folder.waits_for(admitted) is not None:
+            break
+        records.extend(folder.apply(item, admitted).records)
+        cursors[p] += 1
+    return cursors[p] > start
+
+
+class _NoCommits:
+    def get(self, commit_id: CommitId, /) -> Commit | None:
+        return None
+
+
+def items_by_partition(items: Iterable[WalItem]) -> dict[int, list[WalItem]]:
+    """Group items by partition, each in offset order."""
+    out: dict[int, list[WalItem]] = {}
+    for item in items:
+        out.setdefault(item.position.partition, []).append(item)
+    for group in out.values():
+        group.sort(key=lambda it: it.position.offset)
+    return out

@@ -1,0 +1,230 @@
+"""Serialization of the fold's values for tables, changelogs and output records.
+
+``RoleState`` <-> JSON (the ``roles`` table and its changelog) and
+``Commit`` <-> ``rolebus.wal.records.CommitRecord`` (the ``commits`` table,
+its changelog and the ``commits`` output topic share one format).
+
+Invariants: ``state_from_json(state_json(s)) == s`` for every state the fold
+can build, bookkeeping included (WAL position, dedupe window, head commit,
+events since commit); ``logical_json(s) == canonical.plain(logical_view(s))``,
+so ``sha256(canonical_bytes(logical_json(s))) == state_digest(s)``;
+``commit_from_record(commit_record(c)) == c``. The converters are written
+out field by field (no generic reflection) because they sit on the worker's
+hot path. Decoders raise ``RecordError`` for malformed input.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+from rolebus.streams.commits import Commit, CommitKind
+from rolebus.streams.state import (
+    Counters,
+    Lifecycle,
+    Lineage,
+    RecentMessage,
+    RoleState,
+    SeqRange,
+)
+from rolebus.wal.canonical import to_micros
+from rolebus.wal.events import (
+    Author,
+    CommitId,
+    Flag,
+    RoleId,
+    TenantId,
+    ToolCall,
+    WalPosition,
+)
+from rolebus.wal.records import CommitRecord, RecordError
+
+STATE_VERSION: Final = 1
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_AUTHORS: Final = {a.value: a for a in Author}
+_FLAGS: Final = {f.value: f for f in Flag}
+_LIFECYCLES: Final = {lc.value: lc for lc in Lifecycle}
+_KINDS: Final = {k.value: k for k in CommitKind}
+
+
+def from_micros(micros: int) -> datetime:
+    """Inverse of ``canonical.to_micros`` (UTC-aware, exact)."""
+    return _EPOCH + timedelta(microseconds=micros)
+
+
+# --- logical state ---------------------------------------------------------------
+
+
+def _tool_call_json(call: ToolCall | None) -> dict[str, Any] | None:
+    if call is None:
+        return None
+    return {"name": call.name, "arguments_json": call.arguments_json, "result": call.result}
+
+
+def _message_json(m: RecentMessage) -> dict[str, Any]:
+    return {
+        "message_id": m.message_id, "seq": m.seq, "role_id": m.role_id,
+        "author": m.author.value, "content": m.content, "occurred_at": to_micros(m.occurred_at),
+        "flags": sorted(f.value for f in m.flags), "tool_call": _tool_call_json(m.tool_call),
+    }  # fmt: skip
+
+
+def _counters_json(c: Counters) -> dict[str, Any]:
+    return {
+        "messages": dict(c.messages), "tokens_in": c.tokens_in, "tokens_out": c.tokens_out,
+        "tool_calls": c.tool_calls, "flags": dict(c.flags),
+        "persona_updates": c.persona_updates, "rollbacks": c.rollbacks,
+    }  # fmt: skip
+
+
+def logical_json(s: RoleState) -> dict[str, Any]:
+    """The logical state as plain JSON data (what the digest hashes)."""
+    return {
+        "role_id": s.role_id, "tenant_id": s.tenant_id, "lifecycle": s.lifecycle.value,
+        "name": s.name, "persona": s.persona, "traits": dict(s.traits), "model": s.model,
+        "skills": list(s.skills), "seq": s.seq, "counters": _counters_json(s.counters),
+        "messages": [_message_json(m) for m in s.messages],
+        "lineage": {
+            "closed": [[r.first, r.last] for r in s.lineage.closed],
+            "branch_start": s.lineage.branch_start,
+        },
+    }  # fmt: skip
+
+
+def _sorted(items: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: items[key] for key in sorted(items)}
+
+
+def _tool_call(data: Mapping[str, Any] | None) -> ToolCall | None:
+    if data is None:
+        return None
+    return ToolCall(data["name"], data["arguments_json"], data["result"])
+
+
+def _message(d: Mapping[str, Any]) -> RecentMessage:
+    return RecentMessage(
+        message_id=d["message_id"], seq=d["seq"], role_id=RoleId(d["role_id"]),
+        author=_AUTHORS[d["author"]], content=d["content"],
+        occurred_at=from_micros(d["occurred_at"]),
+        flags=frozenset(_FLAGS[f] for f in d["flags"]), tool_call=_tool_call(d["tool_call"]),
+    )  # fmt: skip
+
+
+def _counters(d: Mapping[str, Any]) -> Counters:
+    return Counters(
+        messages=_sorted(d["messages"]), tokens_in=d["tokens_in"], tokens_out=d["tokens_out"],
+        tool_calls=d["tool_calls"], flags=_sorted(d["flags"]),
+        persona_updates=d["persona_updates"], rollbacks=d["rollbacks"],
+    )  # fmt: skip
+
+
+def state_from_logical(d: Mapping[str, Any], **bookkeeping: Any) -> RoleState:
+    """A state from ``logical_json`` data plus the given bookkeeping fields."""
+    try:
+        lineage = d["lineage"]
+        return RoleState(
+            role_id=RoleId(d["role_id"]), tenant_id=TenantId(d["tenant_id"]),
+            lifecycle=_LIFECYCLES[d["lifecycle"]], name=d["name"], persona=d["persona"],
+            traits=_sorted(d["traits"]), model=d["model"], skills=tuple(d["skills"]),
+            seq=d["seq"], counters=_counters(d["counters"]),
+            messages=tuple(_message(m) for m in d["messages"]),
+            lineage=Lineage(
+                closed=tuple(SeqRange(a, b) for a, b in lineage["closed"]),
+                branch_start=lineage["branch_start"],
+            ),
+            **bookkeeping,
+        )  # fmt: skip
+    except (KeyError, IndexError, TypeError, ValueError) as exc:
+        raise RecordError(f"role state: malformed logical state ({exc!r})") from exc
+
+
+# --- full state (table values) -----------------------------------------------------
+
+
+def _ids_b64(ids: tuple[uuid.UUID, ...]) -> str:
+    return base64.b64encode(b"".join(u.bytes for u in ids)).decode("ascii")
+
+
+def _ids(text: str) -> tuple[uuid.UUID, ...]:
+    raw = base64.b64decode(text, validate=True)
+    if len(raw) % 16:
+        raise RecordError(f"role state: dedupe window of {len(raw)} bytes is not 16-byte ids")
+    return tuple(uuid.UUID(bytes=raw[i : i + 16]) for i in range(0, len(raw), 16))
+
+
+def state_json(s: RoleState) -> dict[str, Any]:
+    """The whole state, bookkeeping included, as JSON data."""
+    pos = s.last_position
+    return {
+        "v": STATE_VERSION,
+        "logical": logical_json(s),
+        "head_commit_id": s.head_commit_id,
+        "events_since_commit": s.events_since_commit,
+        "last_position": None if pos is None else [pos.topic, pos.partition, pos.offset],
+        "recent_event_ids": _ids_b64(s.recent_event_ids),
+    }
+
+
+def state_from_json(d: Mapping[str, Any]) -> RoleState:
+    if not isinstance(d, Mapping) or d.get("v") != STATE_VERSION:
+        got = d.get("v") if isinstance(d, Mapping) else type(d).__name__
+        raise RecordError(f"role state: expected v={STATE_VERSION}, got {got!r}")
+    try:
+        pos = d["last_position"]
+        return state_from_logical(
+            d["logical"],
+            head_commit_id=d["head_commit_id"],
+            events_since_commit=d["events_since_commit"],
+            last_position=None if pos is None else WalPosition(pos[0], pos[1], pos[2]),
+            recent_event_ids=_ids(d["recent_event_ids"]),
+        )
+    except (KeyError, IndexError, TypeError, ValueError) as exc:
+        raise RecordError(f"role state: malformed ({exc!r})") from exc
+
+
+def encode_state(s: RoleState) -> bytes:
+    return json.dumps(state_json(s), separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def decode_state(data: bytes) -> RoleState:
+    try:
+        doc = json.loads(data)
+    except (ValueError, TypeError) as exc:
+        raise RecordError(f"role state: not UTF-8 JSON ({exc})") from exc
+    return state_from_json(doc)
+
+
+# --- commits -----------------------------------------------------------------
+
+
+def commit_record(commit: Commit, position: WalPosition | None = None) -> CommitRecord:
+    return CommitRecord(
+        commit_id=commit.commit_id, role_id=commit.role_id,
+        tenant_id=commit.snapshot.tenant_id, parent_id=commit.parent_id, seq=commit.seq,
+        state_digest=commit.state_digest, occurred_at_us=to_micros(commit.occurred_at),
+        kind=commit.kind.value, label=commit.label, event_id=str(commit.event_id),
+        position=position, snapshot=logical_json(commit.snapshot),
+    )  # fmt: skip
+
+
+def commit_from_record(rec: CommitRecord) -> Commit:
+    """The commit a record describes (its snapshot rebuilt from the logical view)."""
+    kind = _KINDS.get(rec.kind)
+    if kind is None:
+        raise RecordError(f"commit {rec.commit_id}: unknown kind {rec.kind!r}")
+    commit_id = CommitId(rec.commit_id)
+    try:
+        event_id = uuid.UUID(rec.event_id)
+    except ValueError as exc:
+        raise RecordError(f"commit {rec.commit_id}: event_id {rec.event_id!r} is no UUID") from exc
+    return Commit(
+        commit_id=commit_id, role_id=RoleId(rec.role_id),
+        parent_id=None if rec.parent_id is None else CommitId(rec.parent_id),
+        seq=rec.seq, state_digest=rec.state_digest, occurred_at=from_micros(rec.occurred_at_us),
+        kind=kind, label=rec.label, event_id=event_id,
+        snapshot=state_from_logical(rec.snapshot, head_commit_id=commit_id),
+    )  # fmt: skip
