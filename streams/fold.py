@@ -23,7 +23,7 @@ redelivered rejected event is a duplicate, not a second rejection record).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from rolebus.errors import FoldError
 from rolebus.streams.commits import (
@@ -44,7 +44,8 @@ from rolebus.streams.rules import (
     role_exists,
     unknown_role,
 )
-from rolebus.streams.state import FoldConfig, RoleState
+from rolebus.streams.state import FoldConfig, RoleState, evolve
+from rolebus.streams.window import EventWindow
 from rolebus.wal.events import CommitId, Envelope, RoleCreated, RoleForked, RoleId, WalPosition
 
 DEFAULT_CONFIG = FoldConfig()
@@ -128,14 +129,14 @@ def _accept(
     position: WalPosition | None,
     config: FoldConfig,
 ) -> tuple[RoleState, Accepted]:
-    state = replace(change.state, seq=change.state.seq + 1)
+    state = evolve(change.state, seq=change.state.seq + 1)
     pending = state.events_since_commit + 1
     kind = change.cut
     if kind is None and pending >= config.commit_every:
         kind = CommitKind.AUTO
     commits: tuple[Commit, ...] = ()
     if kind is None:
-        state = replace(state, events_since_commit=pending)
+        state = evolve(state, events_since_commit=pending)
     else:
         commit = make_commit(
             state,
@@ -144,7 +145,7 @@ def _accept(
             event_id=envelope.event_id,
             label=change.label,
         )
-        state = replace(state, head_commit_id=commit.commit_id, events_since_commit=0)
+        state = evolve(state, head_commit_id=commit.commit_id, events_since_commit=0)
         commits = (commit,)
     state = _remember(state, previous, envelope, position, config)
     accepted = Accepted(
@@ -162,11 +163,11 @@ def _remember(
 ) -> RoleState:
     """Bookkeeping: the event id joins the bounded dedupe window; the position,
     when known, becomes the last applied one."""
-    seen = () if previous is None else previous.recent_event_ids
+    seen = EventWindow() if previous is None else previous.recent_event_ids
     last = None if previous is None else previous.last_position
-    return replace(
+    return evolve(
         state,
-        recent_event_ids=(*seen, envelope.event_id)[-config.dedupe_window :],
+        recent_event_ids=seen.add(envelope.event_id, config.dedupe_window),
         last_position=last if position is None else position,
     )
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import base64
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
@@ -31,6 +31,7 @@ from rolebus.streams.state import (
     RoleState,
     SeqRange,
 )
+from rolebus.streams.window import EventWindow
 from rolebus.wal.canonical import to_micros
 from rolebus.wal.events import (
     Author,
@@ -43,7 +44,7 @@ from rolebus.wal.events import (
 )
 from rolebus.wal.records import CommitRecord, RecordError
 
-STATE_VERSION: Final = 1
+STATE_VERSION: Final = 2
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _AUTHORS: Final = {a.value: a for a in Author}
 _FLAGS: Final = {f.value: f for f in Flag}
@@ -145,15 +146,26 @@ def state_from_logical(d: Mapping[str, Any], **bookkeeping: Any) -> RoleState:
 # --- full state (table values) -----------------------------------------------------
 
 
-def _ids_b64(ids: tuple[uuid.UUID, ...]) -> str:
-    return base64.b64encode(b"".join(u.bytes for u in ids)).decode("ascii")
+def _ids_b64(ids: Iterable[int]) -> str:
+    return base64.b64encode(b"".join(i.to_bytes(16, "big") for i in ids)).decode("ascii")
 
 
-def _ids(text: str) -> tuple[uuid.UUID, ...]:
+def _ids(text: str) -> tuple[int, ...]:
     raw = base64.b64decode(text, validate=True)
     if len(raw) % 16:
         raise RecordError(f"role state: dedupe window of {len(raw)} bytes is not 16-byte ids")
-    return tuple(uuid.UUID(bytes=raw[i : i + 16]) for i in range(0, len(raw), 16))
+    return tuple(int.from_bytes(raw[i : i + 16], "big") for i in range(0, len(raw), 16))
+
+
+def _window_json(w: EventWindow) -> list[str]:
+    """The full chunks (ids sorted), then the tail: the chunks are kept as they are."""
+    return [*(_ids_b64(sorted(chunk)) for chunk in w.full), _ids_b64(w.tail)]
+
+
+def _window(doc: Sequence[str]) -> EventWindow:
+    if not isinstance(doc, list) or not doc:
+        raise RecordError("role state: recent_event_ids must be a non-empty list of chunks")
+    return EventWindow(tuple(frozenset(_ids(chunk)) for chunk in doc[:-1]), _ids(doc[-1]))
 
 
 def state_json(s: RoleState) -> dict[str, Any]:
@@ -165,7 +177,7 @@ def state_json(s: RoleState) -> dict[str, Any]:
         "head_commit_id": s.head_commit_id,
         "events_since_commit": s.events_since_commit,
         "last_position": None if pos is None else [pos.topic, pos.partition, pos.offset],
-        "recent_event_ids": _ids_b64(s.recent_event_ids),
+        "recent_event_ids": _window_json(s.recent_event_ids),
     }
 
 
@@ -180,7 +192,7 @@ def state_from_json(d: Mapping[str, Any]) -> RoleState:
             head_commit_id=d["head_commit_id"],
             events_since_commit=d["events_since_commit"],
             last_position=None if pos is None else WalPosition(pos[0], pos[1], pos[2]),
-            recent_event_ids=_ids(d["recent_event_ids"]),
+            recent_event_ids=_window(d["recent_event_ids"]),
         )
     except (KeyError, IndexError, TypeError, ValueError) as exc:
         raise RecordError(f"role state: malformed ({exc!r})") from exc

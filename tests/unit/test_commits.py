@@ -30,6 +30,7 @@ from rolebus.streams.state import (
     state_digest,
     subtract_ranges,
 )
+from rolebus.streams.window import EventWindow
 from rolebus.wal.events import CommitId, RoleId, TenantId, WalPosition
 
 AT = datetime(2025, 1, 1, 9, 30, 0, 123456, tzinfo=UTC)
@@ -88,7 +89,7 @@ def test_digest_ignores_bookkeeping() -> None:
         head_commit_id=CommitId("ef" * 32),
         events_since_commit=4,
         last_position=WalPosition("rolebus.wal", 3, 99),
-        recent_event_ids=(EVENT,),
+        recent_event_ids=EventWindow.of(EVENT, size=10),
     )
     assert state_digest(noisy) == state_digest(state)
     assert "last_position" not in logical_view(state)
@@ -113,7 +114,7 @@ def test_make_commit_snapshot_invariants() -> None:
     state = replace(
         _state(events_since_commit=2, head_commit_id=CommitId("11" * 32)),
         last_position=WalPosition("rolebus.wal", 0, 5),
-        recent_event_ids=(EVENT,),
+        recent_event_ids=EventWindow.of(EVENT, size=10),
     )
     commit = make_commit(state, CommitKind.LIFECYCLE, occurred_at=AT, event_id=EVENT)
     assert commit.parent_id == "11" * 32
@@ -122,7 +123,7 @@ def test_make_commit_snapshot_invariants() -> None:
     assert commit.snapshot.head_commit_id == commit.commit_id
     assert commit.snapshot.events_since_commit == 0
     assert commit.snapshot.last_position is None
-    assert commit.snapshot.recent_event_ids == ()
+    assert len(commit.snapshot.recent_event_ids) == 0
     assert state_digest(commit.snapshot) == commit.state_digest == state_digest(state)
     assert is_consistent(commit)
 

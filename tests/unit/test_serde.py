@@ -11,6 +11,7 @@ import pytest
 
 from rolebus.streams import serde
 from rolebus.streams.state import FoldConfig, RoleState, logical_view, state_digest
+from rolebus.streams.window import EventWindow
 from rolebus.streams.workload import Workload, WorkloadSpec
 from rolebus.wal import records
 from rolebus.wal.canonical import canonical_bytes, plain, sha256_hex
@@ -57,7 +58,8 @@ def test_every_commit_round_trips_through_its_record(folded: Workload) -> None:
 
 
 def test_full_dedupe_window_round_trips(folded: Workload) -> None:
-    ids = tuple(uuid.uuid4() for _ in range(FoldConfig().dedupe_window))
+    size = FoldConfig().dedupe_window
+    ids = EventWindow.of(*(uuid.uuid4() for _ in range(size + 10)), size=size)
     state = replace(next(iter(folded.states.values())), recent_event_ids=ids)
     assert serde.decode_state(serde.encode_state(state)) == state
 
@@ -75,10 +77,11 @@ def _doc(state: RoleState) -> dict[str, object]:
 @pytest.mark.parametrize(
     ("mutate", "match"),
     [
-        (lambda d: d.update(v=9), "expected v=1"),
+        (lambda d: d.update(v=9), "expected v=2"),
         (lambda d: d.pop("logical"), "malformed"),
         (lambda d: d["logical"].update(lifecycle="zombie"), "malformed"),
-        (lambda d: d.update(recent_event_ids="AAA="), "16-byte ids|malformed"),
+        (lambda d: d.update(recent_event_ids=["AAA="]), "16-byte ids|malformed"),
+        (lambda d: d.update(recent_event_ids=[]), "non-empty list of chunks"),
         (lambda d: d.update(last_position=[1]), "malformed"),
     ],
 )
@@ -92,7 +95,7 @@ def test_malformed_state_raises_record_error(folded: Workload, mutate: object, m
 def test_garbage_state_bytes() -> None:
     with pytest.raises(RecordError, match="not UTF-8 JSON"):
         serde.decode_state(b"\xff")
-    with pytest.raises(RecordError, match="expected v=1"):
+    with pytest.raises(RecordError, match="expected v=2"):
         serde.decode_state(b"[]")
 
 
