@@ -40,7 +40,7 @@ from rolebus.streams.serde import commit_record
 from rolebus.streams.state import FoldConfig, RoleState
 from rolebus.wal import codec
 from rolebus.wal.canonical import to_micros
-from rolebus.wal.events import CommitId, Envelope, RoleForked, RoleId, RolledBack, WalPosition
+from rolebus.wal.events import CommitId, Envelope, RoleForked, RoleId, WalPosition
 from rolebus.wal.records import (
     KEY_MISMATCH,
     UNDECODABLE,
@@ -166,8 +166,9 @@ class Folder:
             return Step(admitted.reason, (admitted,))
         env = admitted
         state = self.state_of(env.role_id)
-        lookup = _OwnCommits(self._chain, env.role_id) if _rolls_back(env) else self._chain
-        new, outcome = apply_event(state, env, item.position, lookup=lookup, config=self.config)
+        new, outcome = apply_event(
+            state, env, item.position, lookup=self._chain, config=self.config
+        )
         if new is not None and new is not state:
             self.states[env.role_id] = new
         if isinstance(outcome, Accepted):
@@ -176,23 +177,6 @@ class Folder:
 
     def commit_records(self) -> list[CommitRecord]:
         return [commit_record(c, pos) for c, pos in self.commits.values()]
-
-
-def _rolls_back(env: Envelope) -> bool:
-    return isinstance(env.payload, RolledBack)
-
-
-class _OwnCommits:
-    """A rollback only ever sees its own role's commits. Whether a worker can see
-    another role's commit depends on timing (it may live on another worker), so
-    a rollback to one is refused as an unknown commit, the same in every run."""
-
-    def __init__(self, lookup: CommitLookup, role_id: RoleId) -> None:
-        self._lookup, self._role_id = lookup, role_id
-
-    def get(self, commit_id: CommitId, /) -> Commit | None:
-        found = self._lookup.get(commit_id)
-        return found if found is not None and found.role_id == self._role_id else None
 
 
 class _NewCommits:

@@ -21,7 +21,7 @@ resurrects one; it is the only way to leave ``archived`` other than deletion.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import singledispatch
 
 from rolebus.errors import FoldError
@@ -44,6 +44,7 @@ from rolebus.streams.state import (
     RecentMessage,
     RoleState,
     SeqRange,
+    evolve,
     live_ranges,
     normalize_ranges,
     sorted_map,
@@ -147,7 +148,7 @@ def _lifecycle(
     target = lifecycle_target(state.role_id, state.lifecycle, type(payload))
     if isinstance(target, Refusal):
         return target
-    return Change(replace(state, lifecycle=target), cut=CommitKind.LIFECYCLE)
+    return Change(evolve(state, lifecycle=target), cut=CommitKind.LIFECYCLE)
 
 
 @mutate.register
@@ -167,11 +168,11 @@ def _message(payload: MessageAppended, state: RoleState, ctx: Context) -> Step:
     )
     window = (*state.messages, message)[-ctx.config.message_window :]
     counters = _count_message(state.counters, payload)
-    return Change(replace(state, messages=window, counters=counters))
+    return Change(evolve(state, messages=window, counters=counters))
 
 
 def _count_message(counters: Counters, payload: MessageAppended) -> Counters:
-    return replace(
+    return evolve(
         counters,
         messages=_bump(counters.messages, [payload.author]),
         tokens_in=counters.tokens_in + payload.tokens_in,
@@ -193,13 +194,13 @@ def _persona(payload: PersonaUpdated, state: RoleState, ctx: Context) -> Step:
     refusal = check_persona(state.role_id, state.lifecycle)
     if refusal is not None:
         return refusal
-    updated = replace(
+    updated = evolve(
         state,
         persona=payload.persona,
         traits=state.traits if payload.traits is None else sorted_map(payload.traits),
         model=state.model if payload.model is None else payload.model,
         skills=state.skills if payload.skills is None else tuple(payload.skills),
-        counters=replace(state.counters, persona_updates=state.counters.persona_updates + 1),
+        counters=evolve(state.counters, persona_updates=state.counters.persona_updates + 1),
     )
     return Change(updated)
 
@@ -219,14 +220,19 @@ def _rolled_back(payload: RolledBack, state: RoleState, ctx: Context) -> Step:
         return refusal
     seq = state.seq + 1
     found = ctx.lookup.get(payload.to_commit_id)
+    if found is not None and found.role_id != state.role_id:
+        # Whether a worker can see another role's commit depends on which worker
+        # cut it and when, so a rollback never sees one: refused as an unknown
+        # commit, the same in every run and every worker layout.
+        found = None
     target = resolve_rollback_target(state.role_id, payload.to_commit_id, found, seq)
     if isinstance(target, Refusal):
         return target
     kept = live_ranges(target.snapshot)
-    restored = replace(
+    restored = evolve(
         target.snapshot,
         seq=state.seq,
-        counters=replace(state.counters, rollbacks=state.counters.rollbacks + 1),
+        counters=evolve(state.counters, rollbacks=state.counters.rollbacks + 1),
         lineage=Lineage(closed=kept, branch_start=seq),
         head_commit_id=state.head_commit_id,
         events_since_commit=state.events_since_commit,

@@ -216,15 +216,15 @@ def resolve_rollback_target(
     A commit whose seq is not below ``next_seq`` cannot have been cut earlier
     in this role's log, so it counts as unknown: a lookup that already holds
     commits from a previous run of the same log cannot change the outcome.
+    Another role's commit counts as unknown too (the caller never passes one).
     """
-    if target is not None and target.role_id != role_id:
+    if target is None or target.role_id != role_id or target.seq >= next_seq:
         return Refusal(
-            Reason.FOREIGN_COMMIT,
-            f"{_role(role_id)}: commit {commit_id} belongs to role '{target.role_id}' "
-            "(roll back to one of this role's commits, or fork the other role)",
+            Reason.UNKNOWN_COMMIT,
+            f"{_role(role_id)}: unknown commit {commit_id}: not one of this role's earlier "
+            "commits (list the role's commits and pick one; to start from another role's "
+            "commit, fork it)",
         )
-    if target is None or target.seq >= next_seq:
-        return _unknown_commit(role_id, commit_id)
     return target
 
 

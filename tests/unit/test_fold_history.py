@@ -186,7 +186,7 @@ def test_rollback_refusals() -> None:
     accepted(d.send("r-2", CREATE))
     foreign = d.head(R2)
     rejected(d.send("r-1", RolledBack(CommitId("0" * 64))), Reason.UNKNOWN_COMMIT)
-    rejected(d.send("r-1", RolledBack(foreign.commit_id)), Reason.FOREIGN_COMMIT)
+    rejected(d.send("r-1", RolledBack(foreign.commit_id)), Reason.UNKNOWN_COMMIT)
     target = d.head()
     accepted(d.send("r-1", RoleDeleted()))
     rejected(d.send("r-1", RolledBack(target.commit_id)), Reason.ROLE_DELETED)

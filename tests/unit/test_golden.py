@@ -284,7 +284,7 @@ def _fork_and_retire(s: Script, v1: CommitId) -> None:
     s.add("r-tutor-fr", _msg(14, u, "Combien font 6 x 7 ?"))
     s.add("r-other", RoleForked(RoleId(t), v1, "thief"), tenant="t-other")  # refused
     s.add(t, RolledBack(CommitId("0" * 64)))  # refused: unknown commit
-    s.add("r-tutor-fr", RolledBack(v1))  # refused: foreign commit
+    s.add("r-tutor-fr", RolledBack(v1))  # refused: not one of its commits (unknown_commit)
     s.add(t, RoleArchived())
     s.add(t, PersonaUpdated("too late"))  # refused: archived
     s.add(t, _msg(15, u, "still there?"))  # refused: not active
