@@ -64,16 +64,11 @@ class WorkerOptions:
 def changelog_configs(settings: Settings, options: WorkerOptions) -> dict[str, str]:
     """Topic configs of the changelogs: room for a whole role state, compaction."""
     return {
-        "max.message.bytes": str(max_state_bytes(settings)),
+        "max.message.bytes": str(topics.max_state_bytes(settings)),
         "min.insync.replicas": str(options.min_insync_replicas),
         "segment.bytes": str(64 * 1024 * 1024),
         "min.cleanable.dirty.ratio": "0.2",
     }
-
-
-def max_state_bytes(settings: Settings) -> int:
-    """Upper bound of one encoded role state (its message window dominates)."""
-    return settings.message_window * settings.max_content_bytes * 2 + 1024 * 1024
 
 
 def faust_conf(settings: Settings, ends: Endpoints, options: WorkerOptions) -> dict[str, Any]:
@@ -95,7 +90,7 @@ def faust_conf(settings: Settings, ends: Endpoints, options: WorkerOptions) -> d
         "stream_buffer_maxsize": max(4096, 2 * options.batch_size, 6 * MAX_POLL_RECORDS),
         "broker_session_timeout": options.session_timeout_s,
         "broker_heartbeat_interval": max(0.3, options.session_timeout_s / 10),
-        "producer_max_request_size": max_state_bytes(settings) + 65536,
+        "producer_max_request_size": topics.max_state_bytes(settings) + 65536,
         "web_enabled": options.web_port is not None,
         "web_port": options.web_port or 6066,
         "web_bind": "127.0.0.1",

@@ -64,10 +64,20 @@ def wanted(settings: Settings, brokers: int) -> list[TopicSpec]:
         # Room for the largest allowed message content plus envelope and batch overhead.
         "max.message.bytes": str(max(1_048_588, settings.max_content_bytes * 2 + 65_536)),
     }
+    # A commit record carries the committed state, whose message window dominates.
+    sized = {"commits": {"max.message.bytes": str(max_state_bytes(settings))}}
     return [
-        TopicSpec(topic_name(settings, kind), settings.wal_partitions, rf, dict(configs))
+        TopicSpec(
+            topic_name(settings, kind), settings.wal_partitions, rf,
+            {**configs, **sized.get(kind, {})},
+        )
         for kind in KINDS
-    ]
+    ]  # fmt: skip
+
+
+def max_state_bytes(settings: Settings) -> int:
+    """Upper bound of one encoded role state or commit (its message window dominates)."""
+    return settings.message_window * settings.max_content_bytes * 2 + 1024 * 1024
 
 
 def drift(spec: TopicSpec, partitions: int, rf: int, configs: dict[str, str]) -> list[str]:

@@ -55,6 +55,10 @@ def test_wanted_topics_follow_cluster_size_and_settings() -> None:
     ]
     assert one[0].partitions == 12 and one[0].replication_factor == 1
     assert one[0].configs["retention.ms"] == "-1"
+    sizes = {t.name: int(t.configs["max.message.bytes"]) for t in one}
+    # A commit carries a whole state: room for a full window of the largest messages.
+    assert sizes["rolebus.commits"] >= s.message_window * s.max_content_bytes
+    assert sizes["rolebus.wal"] == sizes["rolebus.changes"] >= s.max_content_bytes
     three = topics.wanted(s, brokers=3)
     assert three[0].replication_factor == 3 and three[0].configs["min.insync.replicas"] == "2"
     custom = load_settings(
