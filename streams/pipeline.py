@@ -39,6 +39,7 @@ folded afterwards. Any other error stops the worker; it never skips a record.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from collections.abc import Awaitable, Sequence
@@ -333,6 +334,10 @@ class Pipeline:
         s.reported_events, s.reported_at = s.events, now
 
     async def on_recovered(self) -> None:
+        # The recovered tables live as long as the worker: keep the collector
+        # from scanning them again and again (it cost a third of the fold).
+        gc.collect()
+        gc.freeze()
         log.info(
             "tables ready: %d roles, %d commits in memory (%.1fs after start)",
             len(self.roles), len(self.commits), time.monotonic() - self.stats.started,

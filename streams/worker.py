@@ -16,6 +16,7 @@ commits what was acknowledged); the exit status is non-zero after a crash.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import logging.config
 import sys
@@ -37,6 +38,7 @@ from rolebus.wal import topics
 from rolebus.wal.connect import admin_client, within
 
 log = logging.getLogger("rolebus.streams.worker")
+GC_YOUNG_THRESHOLD = 50_000
 QUIET_LOGGERS = ("faust", "mode", "aiokafka", "kafka", "opentelemetry")
 
 
@@ -111,6 +113,10 @@ def run_worker(
     """Run one worker until SIGTERM/SIGINT (raises SystemExit)."""
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
+    # The fold allocates many short-lived objects per event; collecting the
+    # young generation every 700 allocations made the collector a third of
+    # the folding time. Its cost per collection stays small at this size.
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 20)
     logging.config.dictConfig(logging_config(verbose))
     options = loop.run_until_complete(prepare(settings, ends, options or WorkerOptions()))
     setup_worker_tracing()
