@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -19,12 +20,16 @@ from rich.table import Table
 from rolebus import endpoints
 from rolebus.cli.common import progress, state
 from rolebus.config import Settings
-from rolebus.errors import ValidationError
+from rolebus.endpoints import Endpoints
+from rolebus.errors import StackError, ValidationError
 from rolebus.stack.launcher import LocalStack
+from rolebus.streams.harness import OutputReader, WorkerProcess
 from rolebus.wal import reader, topics
 from rolebus.wal.client import RoleClient, Sent
+from rolebus.wal.records import ChangeRecord, CommitRecord
 
 TENANT = "demo"
+FOLD_TIMEOUT_S = 120.0
 
 
 async def _story(client: RoleClient) -> list[Sent]:
@@ -52,18 +57,58 @@ async def _story(client: RoleClient) -> list[Sent]:
     return sent
 
 
-async def _run(settings: Settings) -> list[reader.WalRecord]:
+async def _run(settings: Settings) -> tuple[list[reader.WalRecord], list[CommitRecord]]:
     ends = endpoints.resolve(settings)
     for report in await topics.ensure(settings, ends):
         progress(f"topic {report.name}: {report.action}")
     async with RoleClient(settings, TENANT, producer="rolebus-demo") as client:
         sent = await _story(client)
-    progress(f"wrote {len(sent)} events for role {sent[0].role_id}")
-    wal = topics.topic_name(settings, "wal")
-    records = reader.tail(
-        settings, ends, wal, from_beginning=True, follow=False, role_id=sent[0].role_id
-    )
-    return [rec async for rec in records]
+        role = sent[0].role_id
+        progress(f"wrote {len(sent)} events for role {role}")
+        wal = topics.topic_name(settings, "wal")
+        records = reader.tail(settings, ends, wal, from_beginning=True, follow=False, role_id=role)
+        events = [rec async for rec in records]
+        worker = WorkerProcess(
+            settings, ends, settings.app_id, Path(settings.data_dir) / "demo-worker.log"
+        )
+        progress(f"starting a stream worker (group {settings.app_id}; log {worker.log_path})")
+        worker.start()
+        try:
+            commits = await _folded(settings, ends, worker, role, len(sent))
+            before = next(c for c in commits if c.kind == "lifecycle")  # cut by activation
+            target = f"{before.commit_id[:12]} (seq {before.seq})"
+            progress(f"rolling back to {target}, before the hallucinated answer")
+            await client.rollback(role, before.commit_id, reason="hallucinated answer")
+            commits = await _folded(settings, ends, worker, role, len(sent) + 1)
+        finally:
+            worker.stop()
+    return events, commits
+
+
+async def _folded(
+    settings: Settings, ends: Endpoints, worker: WorkerProcess, role: str, events: int
+) -> list[CommitRecord]:
+    """Wait until the worker accepted ``events`` events of ``role``; its commits."""
+    outputs = await OutputReader(settings, ends).start()
+    deadline = time.monotonic() + FOLD_TIMEOUT_S
+    try:
+        while True:
+            await outputs.poll()
+            mine = [r for r in (o.record for o in outputs.seen) if r.role_id == role]
+            changes = {r.event_id: r for r in mine if isinstance(r, ChangeRecord)}
+            if len(changes) >= events:
+                head = max(changes.values(), key=lambda c: c.seq)
+                progress(f"folded: seq {head.seq}, head commit {(head.head_commit_id or '')[:12]}")
+                commits = {r.commit_id: r for r in mine if isinstance(r, CommitRecord)}
+                return sorted(commits.values(), key=lambda c: c.seq)
+            if time.monotonic() > deadline or (worker.proc and worker.proc.poll() is not None):
+                raise StackError(
+                    f"the stream worker folded {len(changes)} of {events} events of role {role} "
+                    f"in {FOLD_TIMEOUT_S:.0f}s; its log ends:\n{worker.log_text()[-2000:]}"
+                )
+            await asyncio.sleep(0.2)
+    finally:
+        await outputs.stop()
 
 
 def _brief(payload: dict[str, object]) -> str:
@@ -83,7 +128,7 @@ def demo(
     stack = LocalStack(settings, progress)
     stack.up()
     try:
-        records = asyncio.run(_run(settings))
+        records, commits = asyncio.run(_run(settings))
     finally:
         if stop:
             progress("stopped: " + ", ".join(stack.down()))
@@ -99,6 +144,11 @@ def demo(
             escape(detail),  # user text is not rich markup
         )
     Console().print(table)
+    history = Table("seq", "commit", "kind", "label", "parent", title="The role's commits")
+    for c in commits:
+        parent = (c.parent_id or "")[:12]
+        history.add_row(str(c.seq), c.commit_id[:12], c.kind, escape(c.label or ""), parent)
+    Console().print(history)
     progress(f"demo done in {time.monotonic() - started:.1f}s")
     if not stop:
         progress(
