@@ -40,7 +40,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 from common import bench_settings, console, save, say
 from opentelemetry.instrumentation.aiokafka import AIOKafkaInstrumentor
 from rich.table import Table
@@ -52,7 +52,7 @@ from rolebus.streams.batch import WalItem, fold_log, items_by_partition
 from rolebus.streams.harness import WorkerProcess
 from rolebus.streams.state import FoldConfig
 from rolebus.streams.workload import Workload, WorkloadSpec
-from rolebus.wal import codec, records, topics
+from rolebus.wal import codec, reader, records, topics
 from rolebus.wal.client import RoleClient
 from rolebus.wal.events import WalPosition
 
@@ -99,13 +99,8 @@ async def produce(settings: Settings, ends: Endpoints, args: argparse.Namespace)
 async def raw_drain(settings: Settings, ends: Endpoints) -> tuple[float, list[Any]]:
     """Seconds to drain the WAL with a plain consumer, and the records."""
     name = topics.topic_name(settings, "wal")
-    consumer = AIOKafkaConsumer(bootstrap_servers=ends.kafka_bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        await consumer._client.force_metadata_update()  # no public refresh
-        tps = [TopicPartition(name, p) for p in sorted(consumer.partitions_for_topic(name) or ())]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
+    async with reader.open_consumer(settings, ends, "rolebus-bench") as consumer:
+        tps = await reader.assign_from_beginning(consumer, [name], missing_ok=True)
         total = sum((await consumer.end_offsets(tps)).values())
         got: list[Any] = []
         started = time.perf_counter()
@@ -113,8 +108,6 @@ async def raw_drain(settings: Settings, ends: Endpoints) -> tuple[float, list[An
             for recs in (await consumer.getmany(timeout_ms=1000, max_records=10_000)).values():
                 got.extend(recs)
         return time.perf_counter() - started, got
-    finally:
-        await consumer.stop()
 
 
 def in_process(recs: list[Any], settings: Settings) -> dict[str, float]:
@@ -147,24 +140,17 @@ class OutputCounter:
         self.settings, self.ends = settings, ends
         self.counts: dict[str, Count] = {}
         self.consumer: AIOKafkaConsumer | None = None
+        self._stack = contextlib.AsyncExitStack()
 
     async def start(self) -> None:
-        self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.ends.kafka_bootstrap, enable_auto_commit=False
+        self.consumer = await self._stack.enter_async_context(
+            reader.open_consumer(self.settings, self.ends, "rolebus-bench")
         )
-        await self.consumer.start()
-        await self.consumer._client.force_metadata_update()  # no public refresh
         names = [topics.topic_name(self.settings, k) for k in ("changes", "rejections")]
-        tps = [
-            TopicPartition(n, p) for n in names
-            for p in sorted(self.consumer.partitions_for_topic(n) or ())
-        ]  # fmt: skip
-        self.consumer.assign(tps)
-        await self.consumer.seek_to_beginning(*tps)
+        await reader.assign_from_beginning(self.consumer, names, missing_ok=True)
 
     async def stop(self) -> None:
-        if self.consumer is not None:
-            await self.consumer.stop()
+        await self._stack.aclose()
 
     async def poll(self) -> None:
         assert self.consumer is not None

@@ -18,7 +18,6 @@ module globals: each call builds an independent app.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -29,7 +28,8 @@ from rolebus.config import Settings
 from rolebus.endpoints import Endpoints
 from rolebus.streams.directory import CommitDirectory
 from rolebus.streams.dispatch import Dispatcher
-from rolebus.streams.partition import OutputTopics, PipelineOptions
+from rolebus.streams.partition import OutputTopics
+from rolebus.streams.partition import WorkerOptions as WorkerOptions  # re-exported
 from rolebus.streams.pipeline import Pipeline
 from rolebus.streams.state import FoldConfig
 from rolebus.streams.tables import commit_table, role_table
@@ -37,28 +37,6 @@ from rolebus.wal import topics
 
 AGENT_NAME = "rolebus.fold"
 MAX_POLL_RECORDS = 500
-
-
-@dataclass(frozen=True)
-class WorkerOptions:
-    """Knobs of a worker process that are not part of the fold's replay contract."""
-
-    batch_size: int = 1000
-    """Most WAL records folded per batch (per partition)."""
-    batch_wait_s: float = 0.05
-    """Longest wait for a batch to fill before folding what arrived."""
-    fork_wait_s: float = 60.0
-    """How long a fork waits for its source commit to become visible."""
-    web_port: int | None = None
-    """faust's web server on 127.0.0.1:<port>; None disables it."""
-    replication_factor: int = 1
-    """Of the changelog topics (``worker.prepare`` derives it from the cluster)."""
-    min_insync_replicas: int = 1
-    session_timeout_s: float = 10.0
-    """A silent worker is replaced after this long (kill -9 failover time)."""
-    checkpoint_s: float = 1.0
-    """Longest time folded records wait to be stored in the tables and acknowledged."""
-    progress_every_s: float = 10.0
 
 
 def changelog_configs(settings: Settings, options: WorkerOptions) -> dict[str, str]:
@@ -120,10 +98,7 @@ def make_app(
     pipeline = Pipeline(
         app, roles, commits, directory,
         OutputTopics(name["wal"], name["changes"], name["commits"], name["rejections"]),
-        FoldConfig.from_settings(settings),
-        PipelineOptions(
-            options.batch_size, options.batch_wait_s, options.fork_wait_s, options.checkpoint_s
-        ),
+        FoldConfig.from_settings(settings), options,
     )  # fmt: skip
     _wire(app, wal, pipeline, options)
     return app
@@ -140,6 +115,7 @@ def _wire(app: faust.App, wal: Any, pipeline: Pipeline, options: WorkerOptions) 
 
     async def on_shutdown(*_: Any, **__: Any) -> None:
         await pipeline.checkpoint_all()
+        await dispatcher.stop_all()
         await pipeline.directory.stop()
 
     app.agent(wal, name=AGENT_NAME, supervisor_strategy=CrashingSupervisor)(fold)

@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from rolebus.errors import DecodeError
-from rolebus.streams.commits import ChainLookup, Commit, CommitLookup
+from rolebus.streams.commits import NO_COMMITS, ChainLookup, Commit, CommitLookup
 from rolebus.streams.fold import apply_event
 from rolebus.streams.outcome import Accepted, Duplicate, Outcome, Rejected, Superseded
 from rolebus.streams.serde import commit_record
@@ -45,7 +45,6 @@ from rolebus.wal.records import (
     KEY_MISMATCH,
     UNDECODABLE,
     ChangeRecord,
-    CommitRecord,
     OutputRecord,
     RejectionRecord,
     SeqRanges,
@@ -102,7 +101,7 @@ def _rejection(item: WalItem, env: Envelope, reason: str, message: str) -> Rejec
 def _ranges(gone: Superseded | None) -> SeqRanges | None:
     if gone is None:
         return None
-    return SeqRanges(gone.after_seq, tuple(gone.superseded), tuple(gone.restored), tuple(gone.live))
+    return SeqRanges(gone.after_seq, gone.superseded, gone.restored, gone.live)
 
 
 def change_record(item: WalItem, env: Envelope, accepted: Accepted) -> ChangeRecord:
@@ -175,9 +174,6 @@ class Folder:
             self.commits.update((c.commit_id, (c, item.position)) for c in outcome.commits)
         return Step(_LABELS[type(outcome)], records_for(item, env, outcome), env)
 
-    def commit_records(self) -> list[CommitRecord]:
-        return [commit_record(c, pos) for c, pos in self.commits.values()]
-
 
 class _NewCommits:
     """A CommitLookup over the commits a Folder cut."""
@@ -205,7 +201,7 @@ class LogResult:
 
 def fold_log(partitions: Mapping[int, Sequence[WalItem]], config: FoldConfig) -> LogResult:
     """Fold whole partitions with the workers' fork semantics (module docstring)."""
-    folder = Folder(lambda _: None, _NoCommits(), config)
+    folder = Folder(lambda _: None, NO_COMMITS, config)
     cursors = dict.fromkeys(partitions, 0)
     records: list[OutputRecord] = []
     while any(cursors[p] < len(items) for p, items in partitions.items()):
@@ -238,11 +234,6 @@ def _advance(
         records.extend(folder.apply(item, admitted).records)
         cursors[p] += 1
     return cursors[p] > start
-
-
-class _NoCommits:
-    def get(self, commit_id: CommitId, /) -> Commit | None:
-        return None
 
 
 def items_by_partition(items: Iterable[WalItem]) -> dict[int, list[WalItem]]:

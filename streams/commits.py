@@ -32,7 +32,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Protocol
 
-from rolebus.streams.state import RoleState, evolve, state_digest, without_bookkeeping
+from rolebus.streams.state import RoleState, evolve, state_digest
+from rolebus.streams.window import EventWindow
 from rolebus.wal.canonical import sha256_hex, to_micros
 from rolebus.wal.events import CommitId, RoleId
 
@@ -133,7 +134,10 @@ def make_commit(
     """Commit ``state``; its parent is ``state.head_commit_id``."""
     digest = state_digest(state)
     commit_id = commit_id_for(state.role_id, state.head_commit_id, state.seq, digest, occurred_at)
-    snapshot = evolve(without_bookkeeping(state), head_commit_id=commit_id, events_since_commit=0)
+    snapshot = evolve(
+        state, head_commit_id=commit_id, events_since_commit=0, last_position=None,
+        recent_event_ids=EventWindow(),
+    )  # fmt: skip
     return Commit(
         commit_id=commit_id,
         role_id=state.role_id,

@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import logging
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from rolebus.config import Settings
@@ -32,8 +31,7 @@ from rolebus.endpoints import Endpoints
 from rolebus.errors import SchemaError, TransportError
 from rolebus.streams.commits import Commit
 from rolebus.streams.serde import commit_from_record
-from rolebus.wal import records, topics
-from rolebus.wal.reader import read_at
+from rolebus.wal import reader, records, topics
 
 log = logging.getLogger("rolebus.streams.directory")
 
@@ -48,16 +46,13 @@ class CommitDirectory:
         self._index: dict[str, tuple[int, int]] = {}
         self._task: asyncio.Task[None] | None = None
 
-    def __len__(self) -> int:
-        return len(self._index)
-
     async def find(self, commit_id: str) -> Commit | None:
         """The commit if the commits topic has it (as far as indexed), else None."""
         self._ensure_tailing()
         where = self._index.get(commit_id)
         if where is None:
             return None
-        rec = await read_at(self.settings, self.endpoints, self.topic, *where)
+        rec = await reader.read_at(self.settings, self.endpoints, self.topic, *where)
         try:
             return commit_from_record(records.decode_commit(rec.value))
         except SchemaError as exc:
@@ -78,36 +73,17 @@ class CommitDirectory:
             self._task = None
 
     async def _tail(self) -> None:
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.endpoints.kafka_bootstrap,
-            enable_auto_commit=False,
-            client_id="rolebus-commit-directory",
-        )
-        await consumer.start()
-        try:
-            parts = sorted(await _partitions(consumer, self.topic))
-            tps = [TopicPartition(self.topic, p) for p in parts]
-            consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
+        client_id = "rolebus-commit-directory"
+        async with reader.open_consumer(self.settings, self.endpoints, client_id) as consumer:
+            # The commits topic may be moments old when the first fork asks.
+            await reader.assign_from_beginning(consumer, [self.topic], wait_s=5.0)
             while True:
                 batch = await consumer.getmany(timeout_ms=200, max_records=5000)
                 for recs in batch.values():
                     self._add(recs)
-        finally:
-            await consumer.stop()
 
     def _add(self, recs: list[ConsumerRecord[bytes, bytes]]) -> None:
         for rec in recs:
             for name, value in rec.headers or ():
                 if name == records.COMMIT_ID_HEADER:
                     self._index[value.decode()] = (rec.partition, rec.offset)
-
-
-async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
-    for _ in range(50):
-        parts = consumer.partitions_for_topic(topic)
-        if parts:
-            return set(parts)
-        await consumer._client.force_metadata_update()  # no public refresh
-        await asyncio.sleep(0.1)
-    raise TransportError(f"topic {topic} does not exist: run `rolebus topics ensure`")

@@ -77,7 +77,7 @@ class Dispatcher:
         return pending
 
     def _new_pending(self, topic: str, partition: int) -> Pending:
-        pending = Pending(self.pipeline.stream, topic, partition, self.pipeline.roles)
+        pending = Pending(topic, partition, self.pipeline.roles)
         pending.task = asyncio.get_running_loop().create_task(self._partition_loop(pending))
         self.pending[partition] = pending
         return pending
@@ -90,6 +90,11 @@ class Dispatcher:
             await self._stop_partition(self.pending.pop(partition), "partition revoked")
         for partition in kept - set(self.pending):
             self._new_pending(self.pipeline.outputs.wal, partition)
+
+    async def stop_all(self) -> None:
+        """On shutdown, after the last checkpoint: end every partition task."""
+        for pending in list(self.pending.values()):
+            await self._stop_partition(pending, "worker stopping")
 
     async def _stop_partition(self, pending: Pending, why: str) -> None:
         task, pending.task = pending.task, None
@@ -157,12 +162,8 @@ class Dispatcher:
         pending.watched_at = now
         tp = TP(pending.topic, pending.partition)
         end = (await self.app.consumer.highwaters(tp)).get(tp)
-        if not pending.started:
-            marker = self.pipeline.roles.marker(pending.partition)
-            pending.sequencer.next_offset = 0 if marker is None else marker
-            pending.started = True
-        start = pending.sequencer.next_offset
-        if end is None or start is None or end <= start:
+        start = pending.start_offset()
+        if end is None or end <= start:
             return
         log.warning("partition %d: nothing delivered for %.0fs while offsets %d..%d wait",
                     pending.partition, quiet, start, end - 1)  # fmt: skip

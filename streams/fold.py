@@ -76,7 +76,7 @@ def apply_event(
         rejected = Rejected(envelope.event_id, envelope.role_id, step.reason, step.message)
         if state is None:
             return None, rejected
-        return _remember(state, state, envelope, position, config), rejected
+        return evolve(state, **_bookkeeping(state, envelope, position, config)), rejected
     return _accept(state, step, envelope, position, config)
 
 
@@ -129,47 +129,49 @@ def _accept(
     position: WalPosition | None,
     config: FoldConfig,
 ) -> tuple[RoleState, Accepted]:
-    state = evolve(change.state, seq=change.state.seq + 1)
-    pending = state.events_since_commit + 1
+    seq = change.state.seq + 1
+    pending = change.state.events_since_commit + 1
     kind = change.cut
     if kind is None and pending >= config.commit_every:
         kind = CommitKind.AUTO
     commits: tuple[Commit, ...] = ()
-    if kind is None:
-        state = evolve(state, events_since_commit=pending)
-    else:
+    head = change.state.head_commit_id
+    if kind is not None:
         commit = make_commit(
-            state,
+            evolve(change.state, seq=seq),  # the state the commit records
             kind,
             occurred_at=envelope.occurred_at,
             event_id=envelope.event_id,
             label=change.label,
         )
-        state = evolve(state, head_commit_id=commit.commit_id, events_since_commit=0)
-        commits = (commit,)
-    state = _remember(state, previous, envelope, position, config)
+        head, pending, commits = commit.commit_id, 0, (commit,)
+    state = evolve(
+        change.state,
+        seq=seq,
+        head_commit_id=head,
+        events_since_commit=pending,
+        **_bookkeeping(previous, envelope, position, config),
+    )
     accepted = Accepted(
         envelope.event_id, state.role_id, state.seq, state, commits, change.superseded
     )
     return state, accepted
 
 
-def _remember(
-    state: RoleState,
+def _bookkeeping(
     previous: RoleState | None,
     envelope: Envelope,
     position: WalPosition | None,
     config: FoldConfig,
-) -> RoleState:
-    """Bookkeeping: the event id joins the bounded dedupe window; the position,
-    when known, becomes the last applied one."""
+) -> dict[str, object]:
+    """The event id joins the bounded dedupe window; the position, when known,
+    becomes the last applied one."""
     seen = EventWindow() if previous is None else previous.recent_event_ids
     last = None if previous is None else previous.last_position
-    return evolve(
-        state,
-        recent_event_ids=seen.add(envelope.event_id, config.dedupe_window),
-        last_position=last if position is None else position,
-    )
+    return {
+        "recent_event_ids": seen.add(envelope.event_id, config.dedupe_window),
+        "last_position": last if position is None else position,
+    }
 
 
 @dataclass(frozen=True)
@@ -189,6 +191,35 @@ class FoldResult:
         )
 
 
+class Folding:
+    """Folds events one at a time into every role's state, keeping the commits
+    cut; they are looked up before ``lookup``, so rollbacks and forks within
+    the sequence resolve. (Tests, replay and workloads; the workers use
+    ``rolebus.streams.batch``.)"""
+
+    def __init__(
+        self,
+        config: FoldConfig = DEFAULT_CONFIG,
+        lookup: CommitLookup = NO_COMMITS,
+        states: dict[RoleId, RoleState] | None = None,
+    ) -> None:
+        self.config = config
+        self.states: dict[RoleId, RoleState] = {} if states is None else states
+        self.commits: dict[CommitId, Commit] = {}
+        self._chain = ChainLookup(self.commits, lookup)
+
+    def apply(self, envelope: Envelope, position: WalPosition | None = None) -> Outcome:
+        role_id = envelope.role_id
+        new, outcome = apply_event(
+            self.states.get(role_id), envelope, position, lookup=self._chain, config=self.config
+        )
+        if new is not None:
+            self.states[role_id] = new
+        if isinstance(outcome, Accepted):
+            self.commits.update(index_commits(outcome.commits))
+        return outcome
+
+
 def fold(
     events: Iterable[Envelope | Positioned],
     states: Iterable[RoleState] = (),
@@ -196,23 +227,9 @@ def fold(
     lookup: CommitLookup = NO_COMMITS,
     config: FoldConfig = DEFAULT_CONFIG,
 ) -> FoldResult:
-    """Fold ``events`` (for tests and replay), starting from ``states``.
-
-    Commits cut during the fold are looked up before ``lookup``, so rollbacks
-    and forks within the sequence resolve.
-    """
-    current = {state.role_id: state for state in states}
-    cut: dict[CommitId, Commit] = {}
-    chain = ChainLookup(cut, lookup)
-    outcomes: list[Outcome] = []
-    for item in events:
-        envelope, position = item if isinstance(item, tuple) else (item, None)
-        new, outcome = apply_event(
-            current.get(envelope.role_id), envelope, position, lookup=chain, config=config
-        )
-        if new is not None:
-            current[envelope.role_id] = new
-        if isinstance(outcome, Accepted):
-            cut.update(index_commits(outcome.commits))
-        outcomes.append(outcome)
-    return FoldResult(current, tuple(outcomes), cut)
+    """Fold ``events`` (for tests and replay), starting from ``states``."""
+    folding = Folding(config, lookup, {state.role_id: state for state in states})
+    outcomes = [
+        folding.apply(*(item if isinstance(item, tuple) else (item, None))) for item in events
+    ]
+    return FoldResult(folding.states, tuple(outcomes), folding.commits)

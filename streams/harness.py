@@ -18,18 +18,19 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 
 from rolebus.config import Settings
 from rolebus.endpoints import Endpoints
 from rolebus.streams.batch import LogResult, WalItem, fold_log, items_by_partition
 from rolebus.streams.state import FoldConfig, state_digest
 from rolebus.wal import records, topics
-from rolebus.wal.events import WalPosition
+from rolebus.wal.reader import assign_from_beginning, open_consumer
 from rolebus.wal.records import ChangeRecord, CommitRecord, OutputRecord, RejectionRecord
 
 # --- worker processes ----------------------------------------------------------------
@@ -75,11 +76,6 @@ class WorkerProcess:
             stderr=subprocess.STDOUT,
         )
         return self
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -141,28 +137,21 @@ class OutputReader:
     endpoints: Endpoints
     seen: list[Output] = field(default_factory=list)
     _consumer: AIOKafkaConsumer | None = None
+    _stack: AsyncExitStack = field(default_factory=AsyncExitStack)
 
     async def start(self) -> OutputReader:
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.endpoints.kafka_bootstrap, enable_auto_commit=False
+        consumer = await self._stack.enter_async_context(
+            open_consumer(self.settings, self.endpoints, "rolebus-harness")
         )
-        await consumer.start()
-        await consumer._client.force_metadata_update()  # no public refresh
         names = [topics.topic_name(self.settings, k) for k in ("changes", "commits", "rejections")]
-        tps = [
-            TopicPartition(name, p)
-            for name in names
-            for p in sorted(consumer.partitions_for_topic(name) or ())
-        ]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
+        # Topics nobody created yet are skipped: they have no outputs to read.
+        await assign_from_beginning(consumer, names, missing_ok=True)
         self._consumer = consumer
         return self
 
     async def stop(self) -> None:
-        if self._consumer is not None:
-            await self._consumer.stop()
-            self._consumer = None
+        self._consumer = None
+        await self._stack.aclose()
 
     async def poll(self, idle_ms: int = 300) -> list[Output]:
         """Read until nothing new arrives for ``idle_ms``; return the new records."""
@@ -241,14 +230,13 @@ def _merge(into: dict[str, Any], key: str, rec: Any, what: str) -> int:
     return 1
 
 
-def summarize(outputs: Iterable[OutputRecord], *, ignore_topic: bool = False) -> Summary:
+def summarize(outputs: Iterable[OutputRecord]) -> Summary:
     """Merge duplicates (which must be identical) and check seqs (ContractError)."""
     changes: dict[str, ChangeRecord] = {}
     commits: dict[str, CommitRecord] = {}
     rejections: dict[str, RejectionRecord] = {}
     dups = 0
     for rec in outputs:
-        rec = _neutral(rec) if ignore_topic else rec
         if isinstance(rec, ChangeRecord):
             dups += _merge(changes, rec.event_id, rec, "change of event")
         elif isinstance(rec, CommitRecord):
@@ -257,14 +245,6 @@ def summarize(outputs: Iterable[OutputRecord], *, ignore_topic: bool = False) ->
             dups += _merge(rejections, rec.idempotency_key, rec, "rejection")
     _check_seqs(changes.values())
     return Summary(changes, commits, rejections, dups)
-
-
-def _neutral(rec: OutputRecord) -> OutputRecord:
-    """The record with the WAL topic name blanked (to compare copies of a log)."""
-    pos = rec.position
-    if pos is None:
-        return rec
-    return replace(rec, position=WalPosition("", pos.partition, pos.offset))
 
 
 def _check_seqs(changes: Iterable[ChangeRecord]) -> None:

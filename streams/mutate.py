@@ -220,11 +220,6 @@ def _rolled_back(payload: RolledBack, state: RoleState, ctx: Context) -> Step:
         return refusal
     seq = state.seq + 1
     found = ctx.lookup.get(payload.to_commit_id)
-    if found is not None and found.role_id != state.role_id:
-        # Whether a worker can see another role's commit depends on which worker
-        # cut it and when, so a rollback never sees one: refused as an unknown
-        # commit, the same in every run and every worker layout.
-        found = None
     target = resolve_rollback_target(state.role_id, payload.to_commit_id, found, seq)
     if isinstance(target, Refusal):
         return target

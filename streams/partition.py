@@ -46,14 +46,31 @@ class OutputTopics:
         return self.changes
 
 
-@dataclass
-class PipelineOptions:
-    batch_size: int
-    batch_wait_s: float
-    fork_wait_s: float
+@dataclass(frozen=True)
+class WorkerOptions:
+    """Knobs of a worker process that are not part of the fold's replay contract.
+    (Defined here, not in ``app``, so the pipeline can take them without a cycle.)"""
+
+    batch_size: int = 1000
+    """Most WAL records folded per batch (per partition)."""
+    batch_wait_s: float = 0.05
+    """Longest wait for a batch to fill before folding what arrived."""
+    fork_wait_s: float = 60.0
+    """How long a fork waits for its source commit to become visible."""
+    web_port: int | None = None
+    """faust's web server on 127.0.0.1:<port>; None disables it."""
+    replication_factor: int = 1
+    """Of the changelog topics (``worker.prepare`` derives it from the cluster)."""
+    min_insync_replicas: int = 1
+    session_timeout_s: float = 10.0
+    """A silent worker is replaced after this long (kill -9 failover time)."""
     checkpoint_s: float = 1.0
+    """Longest time folded records wait to be stored in the tables and acknowledged."""
+    progress_every_s: float = 10.0
     checkpoint_records: int = 20_000
+    """Folded records that trigger a checkpoint before ``checkpoint_s``."""
     fork_poll_s: float = 0.05
+    """How often a waiting fork asks the commit directory again."""
 
 
 @dataclass
@@ -81,7 +98,6 @@ class Stats:
 class Pending:
     """A partition's progress since its last checkpoint (module docstring)."""
 
-    stream: Any
     topic: str
     partition: int
     roles: RoleStore
@@ -91,8 +107,6 @@ class Pending:
     since: float = 0.0
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     sequencer: Sequencer = field(default_factory=Sequencer)
-    started: bool = False
-    """True once the actor knows where the stored state of its partition ends."""
     sought: int | None = None
     """The offset this actor last asked faust to read from again."""
     sought_at: float = 0.0
@@ -106,6 +120,19 @@ class Pending:
     delivered_at: float = field(default_factory=time.monotonic)
     """When faust last delivered records of this partition (or the task started)."""
     watched_at: float = 0.0
+
+    @property
+    def started(self) -> bool:
+        """True once the task knows where the stored state of its partition ends."""
+        return self.sequencer.next_offset is not None
+
+    def start_offset(self) -> int:
+        """Where the stored state of the partition ends: the roles marker, read
+        into the sequencer once (folding moves it on from there)."""
+        if self.sequencer.next_offset is None:
+            marker = self.roles.marker(self.partition)
+            self.sequencer.next_offset = 0 if marker is None else marker
+        return self.sequencer.next_offset
 
     def state(self, role_id: RoleId, /) -> RoleState | None:
         found = self.states.get(role_id)
@@ -127,7 +154,7 @@ class Pending:
     def reset(self) -> None:
         self.states, self.commits, self.events = {}, {}, []
 
-    def due(self, options: PipelineOptions) -> bool:
+    def due(self, options: WorkerOptions) -> bool:
         if not self.events:
             return False
         age = time.monotonic() - self.since

@@ -46,16 +46,16 @@ from collections.abc import Awaitable, Sequence
 from typing import Any
 
 from faust.types import TP
-from opentelemetry import propagate, trace
+from opentelemetry import trace
 
 from rolebus.streams.batch import Folder, Step, WalItem, admit
 from rolebus.streams.commits import ChainLookup, Commit
 from rolebus.streams.directory import CommitDirectory
 from rolebus.streams.ordering import Plan, offset_of
-from rolebus.streams.partition import Abandon, OutputTopics, Pending, PipelineOptions, Stats
+from rolebus.streams.partition import Abandon, OutputTopics, Pending, Stats, WorkerOptions
 from rolebus.streams.state import FoldConfig
 from rolebus.streams.tables import CommitStore, RoleStore
-from rolebus.tracing import context_from_headers
+from rolebus.tracing import context_from_headers, trace_headers
 from rolebus.wal import records
 from rolebus.wal.events import CommitId, Envelope, WalPosition
 from rolebus.wal.records import CommitRecord, OutputRecord, RejectionRecord
@@ -72,7 +72,7 @@ class Pipeline:
 
     def __init__(
         self, app: Any, roles: RoleStore, commits: CommitStore, directory: CommitDirectory,
-        outputs: OutputTopics, config: FoldConfig, options: PipelineOptions,
+        outputs: OutputTopics, config: FoldConfig, options: WorkerOptions,
     ) -> None:  # fmt: skip
         self.app = app
         self.roles = roles
@@ -122,10 +122,7 @@ class Pipeline:
 
     async def _start(self, pending: Pending, events: Sequence[Any]) -> None:
         """A new partition task: read from the stored marker, whatever faust committed."""
-        marker = self.roles.marker(pending.partition)
-        start = 0 if marker is None else marker
-        pending.sequencer.next_offset = start
-        pending.started = True
+        start = pending.start_offset()
         first = min([*(offset_of(e) for e in events), *pending.sequencer.held], default=start)
         log.info("partition %d: stored state ends before offset %d; faust delivers from %d",
                  pending.partition, start, first)  # fmt: skip
@@ -193,11 +190,10 @@ class Pipeline:
             if step.envelope is not None:
                 span.set_attribute("rolebus.role_id", step.envelope.role_id)
                 span.set_attribute("rolebus.event_type", step.envelope.event_type)
-            carrier: dict[str, str] = {}
-            propagate.inject(carrier, context=trace.set_span_in_context(span))
+            trace_out = trace_headers(trace.set_span_in_context(span))
         finally:
             span.end()
-        return step, [self._app_header, *((k, v.encode()) for k, v in carrier.items())]
+        return step, [self._app_header, *trace_out]
 
     async def _send(self, rec: OutputRecord, partition: int, headers: Headers) -> Awaitable[Any]:
         if isinstance(rec, CommitRecord):
@@ -305,10 +301,6 @@ class Pipeline:
                     log.info("stopping during a rebalance: %s", why)
         log.info("stopping: stored the last %d folded records; %d in total",
                  stored, self.stats.events)  # fmt: skip
-        for pending in list(self.pending.values()):
-            task, pending.task = pending.task, None
-            if task is not None:
-                task.cancel()
 
     async def report(self) -> None:
         """Progress line, when something happened since the last one."""

@@ -216,7 +216,8 @@ def resolve_rollback_target(
     A commit whose seq is not below ``next_seq`` cannot have been cut earlier
     in this role's log, so it counts as unknown: a lookup that already holds
     commits from a previous run of the same log cannot change the outcome.
-    Another role's commit counts as unknown too (the caller never passes one).
+    Another role's commit counts as unknown too: whether a worker can see it
+    depends on which worker cut it and when, so the answer must not.
     """
     if target is None or target.role_id != role_id or target.seq >= next_seq:
         return Refusal(

@@ -19,7 +19,6 @@ import base64
 import json
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from rolebus.streams.commits import Commit, CommitKind
@@ -30,9 +29,11 @@ from rolebus.streams.state import (
     RecentMessage,
     RoleState,
     SeqRange,
+    logical_json,
+    sorted_map,
 )
 from rolebus.streams.window import EventWindow
-from rolebus.wal.canonical import to_micros
+from rolebus.wal.canonical import from_micros, to_micros
 from rolebus.wal.events import (
     Author,
     CommitId,
@@ -45,59 +46,13 @@ from rolebus.wal.events import (
 from rolebus.wal.records import CommitRecord, RecordError
 
 STATE_VERSION: Final = 2
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _AUTHORS: Final = {a.value: a for a in Author}
 _FLAGS: Final = {f.value: f for f in Flag}
 _LIFECYCLES: Final = {lc.value: lc for lc in Lifecycle}
 _KINDS: Final = {k.value: k for k in CommitKind}
 
 
-def from_micros(micros: int) -> datetime:
-    """Inverse of ``canonical.to_micros`` (UTC-aware, exact)."""
-    return _EPOCH + timedelta(microseconds=micros)
-
-
 # --- logical state ---------------------------------------------------------------
-
-
-def _tool_call_json(call: ToolCall | None) -> dict[str, Any] | None:
-    if call is None:
-        return None
-    return {"name": call.name, "arguments_json": call.arguments_json, "result": call.result}
-
-
-def _message_json(m: RecentMessage) -> dict[str, Any]:
-    return {
-        "message_id": m.message_id, "seq": m.seq, "role_id": m.role_id,
-        "author": m.author.value, "content": m.content, "occurred_at": to_micros(m.occurred_at),
-        "flags": sorted(f.value for f in m.flags), "tool_call": _tool_call_json(m.tool_call),
-    }  # fmt: skip
-
-
-def _counters_json(c: Counters) -> dict[str, Any]:
-    return {
-        "messages": dict(c.messages), "tokens_in": c.tokens_in, "tokens_out": c.tokens_out,
-        "tool_calls": c.tool_calls, "flags": dict(c.flags),
-        "persona_updates": c.persona_updates, "rollbacks": c.rollbacks,
-    }  # fmt: skip
-
-
-def logical_json(s: RoleState) -> dict[str, Any]:
-    """The logical state as plain JSON data (what the digest hashes)."""
-    return {
-        "role_id": s.role_id, "tenant_id": s.tenant_id, "lifecycle": s.lifecycle.value,
-        "name": s.name, "persona": s.persona, "traits": dict(s.traits), "model": s.model,
-        "skills": list(s.skills), "seq": s.seq, "counters": _counters_json(s.counters),
-        "messages": [_message_json(m) for m in s.messages],
-        "lineage": {
-            "closed": [[r.first, r.last] for r in s.lineage.closed],
-            "branch_start": s.lineage.branch_start,
-        },
-    }  # fmt: skip
-
-
-def _sorted(items: Mapping[str, Any]) -> dict[str, Any]:
-    return {key: items[key] for key in sorted(items)}
 
 
 def _tool_call(data: Mapping[str, Any] | None) -> ToolCall | None:
@@ -117,8 +72,8 @@ def _message(d: Mapping[str, Any]) -> RecentMessage:
 
 def _counters(d: Mapping[str, Any]) -> Counters:
     return Counters(
-        messages=_sorted(d["messages"]), tokens_in=d["tokens_in"], tokens_out=d["tokens_out"],
-        tool_calls=d["tool_calls"], flags=_sorted(d["flags"]),
+        messages=sorted_map(d["messages"]), tokens_in=d["tokens_in"], tokens_out=d["tokens_out"],
+        tool_calls=d["tool_calls"], flags=sorted_map(d["flags"]),
         persona_updates=d["persona_updates"], rollbacks=d["rollbacks"],
     )  # fmt: skip
 
@@ -130,7 +85,7 @@ def state_from_logical(d: Mapping[str, Any], **bookkeeping: Any) -> RoleState:
         return RoleState(
             role_id=RoleId(d["role_id"]), tenant_id=TenantId(d["tenant_id"]),
             lifecycle=_LIFECYCLES[d["lifecycle"]], name=d["name"], persona=d["persona"],
-            traits=_sorted(d["traits"]), model=d["model"], skills=tuple(d["skills"]),
+            traits=sorted_map(d["traits"]), model=d["model"], skills=tuple(d["skills"]),
             seq=d["seq"], counters=_counters(d["counters"]),
             messages=tuple(_message(m) for m in d["messages"]),
             lineage=Lineage(

@@ -14,15 +14,11 @@ raises ``RecordError`` rather than being returned.
 
 from __future__ import annotations
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-
 from rolebus.config import Settings
 from rolebus.endpoints import Endpoints
-from rolebus.errors import TransportError
-from rolebus.streams.commits import Commit, is_consistent
+from rolebus.streams.commits import is_consistent
 from rolebus.streams.serde import commit_from_record
-from rolebus.wal import records, topics
-from rolebus.wal.connect import within
+from rolebus.wal import reader, records, topics
 from rolebus.wal.records import CommitRecord, RecordError
 
 
@@ -30,13 +26,8 @@ async def find_commit(settings: Settings, ends: Endpoints, commit_id: str) -> Co
     """The commit record with this id, or None if no worker has published it."""
     name = topics.topic_name(settings, "commits")
     wanted = commit_id.encode()
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=ends.kafka_bootstrap, enable_auto_commit=False,
-        client_id="rolebus-snapshots",
-    )  # fmt: skip
-    await within(settings, ends, consumer.start(), "the consumer connection")
-    try:
-        tps = await _assign_all(consumer, name)
+    async with reader.open_consumer(settings, ends, "rolebus-snapshots") as consumer:
+        tps = await reader.assign_from_beginning(consumer, [name])
         ends_at = await consumer.end_offsets(tps)
         remaining = {tp for tp in tps if ends_at[tp] > 0}
         while remaining:
@@ -47,13 +38,6 @@ async def find_commit(settings: Settings, ends: Endpoints, commit_id: str) -> Co
                         return _checked(records.decode_commit(rec.value or b""))
             remaining = {tp for tp in remaining if await consumer.position(tp) < ends_at[tp]}
         return None
-    finally:
-        await consumer.stop()
-
-
-def snapshot_of(record: CommitRecord) -> Commit:
-    """The commit, its snapshot rebuilt as a ``RoleState``."""
-    return commit_from_record(record)
 
 
 def _checked(record: CommitRecord) -> CommitRecord:
@@ -63,16 +47,3 @@ def _checked(record: CommitRecord) -> CommitRecord:
             "(the commits topic holds a corrupt or forged record)"
         )
     return record
-
-
-async def _assign_all(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
-    await consumer._client.force_metadata_update()  # no public refresh
-    parts = consumer.partitions_for_topic(topic)
-    if not parts:
-        raise TransportError(
-            f"topic {topic} does not exist: run `rolebus topics ensure`", retriable=False
-        )
-    tps = [TopicPartition(topic, p) for p in sorted(parts)]
-    consumer.assign(tps)
-    await consumer.seek_to_beginning(*tps)
-    return tps

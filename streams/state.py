@@ -29,7 +29,6 @@ on input order.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import datetime
@@ -40,7 +39,7 @@ from typing import Any, NamedTuple, TypeVar
 from rolebus.config import Settings
 from rolebus.errors import ConfigError
 from rolebus.streams.window import EventWindow
-from rolebus.wal.canonical import canonical_bytes
+from rolebus.wal.canonical import canonical_text, to_micros
 from rolebus.wal.events import (
     Author,
     CommitId,
@@ -129,7 +128,7 @@ class RecentMessage:
     def canonical_json(self) -> str:
         """This message's canonical encoding, made once: every digest of the
         role's state reuses it while the message stays in the window."""
-        return canonical_bytes(self).decode("utf-8")
+        return canonical_text(message_json(self))
 
 
 @dataclass(frozen=True)
@@ -196,30 +195,63 @@ def logical_view(state: RoleState) -> dict[str, Any]:
     return {name: getattr(state, name) for name in LOGICAL_FIELDS}
 
 
-_SORTED_LOGICAL = tuple(sorted(LOGICAL_FIELDS))
-
-
 def state_digest(state: RoleState) -> str:
     """SHA-256 (hex) of the canonical encoding of the logical state.
 
-    Equal to ``sha256_hex(logical_view(state))``, built piece by piece: the
-    top-level keys in sorted order, each message from its cached encoding
+    Equal to ``sha256_hex(logical_view(state))``: the canonical text of
+    ``logical_json`` with the messages spliced in from their cached encodings
     (the window dominates the cost and changes by one message per event).
+    "messages" sorts between "lineage" and "model", so the keys before it and
+    after it are each one non-empty canonical map.
     """
-    digest = hashlib.sha256(b"{")
-    for i, name in enumerate(_SORTED_LOGICAL):
-        if name == "messages":
-            value = "[" + ",".join(m.canonical_json for m in state.messages) + "]"
-        else:
-            value = canonical_bytes(getattr(state, name)).decode("utf-8")
-        digest.update(f"{',' if i else ''}{json.dumps(name)}:{value}".encode())
-    digest.update(b"}")
-    return digest.hexdigest()
+    view = _logical_json_without_messages(state)
+    before = canonical_text({k: v for k, v in view.items() if k < "messages"})
+    after = canonical_text({k: v for k, v in view.items() if k > "messages"})
+    messages = ",".join(m.canonical_json for m in state.messages)
+    text = f'{before[:-1]},"messages":[{messages}],{after[1:]}'
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def without_bookkeeping(state: RoleState) -> RoleState:
-    """The state as a snapshot stores it: no WAL position, no dedupe history."""
-    return evolve(state, last_position=None, recent_event_ids=EventWindow())
+def _tool_call_json(call: ToolCall | None) -> dict[str, Any] | None:
+    if call is None:
+        return None
+    return {"name": call.name, "arguments_json": call.arguments_json, "result": call.result}
+
+
+def message_json(m: RecentMessage) -> dict[str, Any]:
+    """One message as plain JSON data (``canonical.plain`` of it, written out)."""
+    return {
+        "message_id": m.message_id, "seq": m.seq, "role_id": m.role_id,
+        "author": m.author.value, "content": m.content, "occurred_at": to_micros(m.occurred_at),
+        "flags": sorted(f.value for f in m.flags), "tool_call": _tool_call_json(m.tool_call),
+    }  # fmt: skip
+
+
+def _counters_json(c: Counters) -> dict[str, Any]:
+    return {
+        "messages": dict(c.messages), "tokens_in": c.tokens_in, "tokens_out": c.tokens_out,
+        "tool_calls": c.tool_calls, "flags": dict(c.flags),
+        "persona_updates": c.persona_updates, "rollbacks": c.rollbacks,
+    }  # fmt: skip
+
+
+def _logical_json_without_messages(s: RoleState) -> dict[str, Any]:
+    return {
+        "role_id": s.role_id, "tenant_id": s.tenant_id, "lifecycle": s.lifecycle.value,
+        "name": s.name, "persona": s.persona, "traits": dict(s.traits), "model": s.model,
+        "skills": list(s.skills), "seq": s.seq, "counters": _counters_json(s.counters),
+        "lineage": {
+            "closed": [[r.first, r.last] for r in s.lineage.closed],
+            "branch_start": s.lineage.branch_start,
+        },
+    }  # fmt: skip
+
+
+def logical_json(s: RoleState) -> dict[str, Any]:
+    """The logical state as plain JSON data: ``canonical.plain(logical_view(s))``,
+    written out field by field because it sits on the worker's hot path."""
+    messages = [message_json(m) for m in s.messages]
+    return {**_logical_json_without_messages(s), "messages": messages}
 
 
 _Frozen = TypeVar("_Frozen", "RoleState", "Counters")

@@ -25,15 +25,13 @@ from typing import Any
 
 import faust
 from aiokafka.admin import NewTopic
-from opentelemetry import trace
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
 
 from rolebus.config import Settings
 from rolebus.endpoints import Endpoints
 from rolebus.errors import ConfigError
 from rolebus.streams.app import WorkerOptions, changelog_configs, make_app
 from rolebus.streams.tables import changelog_name
+from rolebus.tracing import install_provider
 from rolebus.wal import topics
 from rolebus.wal.connect import admin_client, within
 
@@ -78,13 +76,6 @@ async def _ensure_changelogs(admin: Any, settings: Settings, options: WorkerOpti
             )
 
 
-def setup_worker_tracing(service_name: str = "rolebus-worker") -> None:
-    """An SDK tracer provider (once), without instrumenting aiokafka."""
-    if not isinstance(trace.get_tracer_provider(), TracerProvider):
-        resource = Resource.create({"service.name": service_name})
-        trace.set_tracer_provider(TracerProvider(resource=resource))
-
-
 def logging_config(verbose: bool) -> dict[str, Any]:
     quiet = "INFO" if verbose else "WARNING"
     return {
@@ -119,7 +110,7 @@ def run_worker(
     gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 20)
     logging.config.dictConfig(logging_config(verbose))
     options = loop.run_until_complete(prepare(settings, ends, options or WorkerOptions()))
-    setup_worker_tracing()
+    install_provider("rolebus-worker")  # no aiokafka instrumentation (module docstring)
     app = make_app(settings, ends, options)
     log.info(
         "worker %s: group %s, WAL %s (%d partitions), batches of %d",

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from rolebus.streams.commits import Commit
-from rolebus.streams.fold import apply_event
+from rolebus.streams.fold import Folding
 from rolebus.streams.outcome import Accepted
 from rolebus.streams.state import FoldConfig, Lifecycle, RoleState
 from rolebus.wal.events import (
@@ -71,13 +71,15 @@ class Workload:
 
     spec: WorkloadSpec = field(default_factory=WorkloadSpec)
     config: FoldConfig = field(default_factory=FoldConfig)
-    states: dict[RoleId, RoleState] = field(default_factory=dict)
-    commits: dict[CommitId, Commit] = field(default_factory=dict)
+    states: dict[RoleId, RoleState] = field(default_factory=dict, init=False)
+    commits: dict[CommitId, Commit] = field(default_factory=dict, init=False)
     emitted: int = 0
     outcomes: dict[str, int] = field(default_factory=dict)
     """accepted / rejected / duplicate: what the fold said about the emitted events."""
 
     def __post_init__(self) -> None:
+        self._folding = Folding(self.config, states=self.states)
+        self.commits = self._folding.commits  # the same dicts: the fold keeps them
         self._rng = random.Random(self.spec.seed)
         self._sent: list[Envelope] = []
         self._pending = [self._role_id(i) for i in range(self.spec.roles)]
@@ -105,15 +107,11 @@ class Workload:
     def __next__(self) -> Envelope:
         envelope = self._build()
         role_id = envelope.role_id
-        new, outcome = apply_event(
-            self.states.get(role_id), envelope, lookup=self.commits, config=self.config
-        )
-        if new is not None and role_id not in self.states:
+        known = role_id in self.states
+        outcome = self._folding.apply(envelope)
+        if not known and role_id in self.states:
             self._roles.append(role_id)
-        if new is not None:
-            self.states[role_id] = new
         if isinstance(outcome, Accepted):
-            self.commits.update((c.commit_id, c) for c in outcome.commits)
             self._by_role.setdefault(role_id, []).extend(outcome.commits)
         kind = type(outcome).__name__.lower()
         self.outcomes[kind] = self.outcomes.get(kind, 0) + 1

@@ -5,8 +5,10 @@ stopped at the end. Each test gets its own topic prefix."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -32,6 +34,32 @@ def make_stack_settings(data_dir: Path, brokers: int = 1, **extra: object) -> Se
         kafka_heap="384m",
         **extra,
     )
+
+
+def _run_cli(
+    *args: str,
+    env: Mapping[str, str] | None = None,
+    stdin: str | None = None,
+    timeout: float | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """``rolebus ARGS`` in a child process with ``env`` added to ours; never raises
+    on a failing exit code (tests check it)."""
+    return subprocess.run(
+        [sys.executable, "-c", "from rolebus.cli import main; main()", *args],
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        check=False,
+        input=stdin,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture
+def run_cli() -> Callable[..., subprocess.CompletedProcess[str]]:
+    """The CLI runner (a fixture: tests run with --import-mode=importlib and
+    cannot import conftest)."""
+    return _run_cli
 
 
 @pytest.fixture

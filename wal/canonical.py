@@ -14,7 +14,7 @@ import hashlib
 import json
 import uuid
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import Enum
 from typing import Any
 
@@ -29,6 +29,11 @@ def to_micros(moment: datetime) -> int:
         raise SchemaError(f"datetime {moment!r} has no timezone; use UTC-aware datetimes")
     delta = moment - _EPOCH
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def from_micros(micros: int) -> datetime:
+    """Inverse of ``to_micros`` (UTC-aware, exact)."""
+    return _EPOCH + timedelta(microseconds=micros)
 
 
 def plain(value: Any) -> Any:
@@ -54,11 +59,14 @@ def plain(value: Any) -> Any:
     raise SchemaError(f"canonical encoding: values of type {type(value).__name__} are not allowed")
 
 
+def canonical_text(data: Any) -> str:
+    """The canonical JSON text of ``data`` that is already plain (``plain``'s output)."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def canonical_bytes(value: Any) -> bytes:
     """The canonical encoding of ``value``."""
-    return json.dumps(
-        plain(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False
-    ).encode("utf-8")
+    return canonical_text(plain(value)).encode("utf-8")
 
 
 def sha256_hex(value: Any) -> str:

@@ -9,7 +9,6 @@ events stay ordered in one partition. Each call returns where its events landed.
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -25,7 +24,7 @@ from rolebus.config import Settings
 from rolebus.endpoints import Endpoints, resolve
 from rolebus.errors import TransportError, ValidationError
 from rolebus.tracing import setup_tracing, trace_headers, tracer
-from rolebus.wal import codec, topics
+from rolebus.wal import codec, reader, topics
 from rolebus.wal.connect import within
 from rolebus.wal.events import (
     Author,
@@ -73,7 +72,7 @@ def producer_config(settings: Settings) -> dict[str, Any]:
         "compression_type": "lz4",
         "linger_ms": 5,
         "max_batch_size": 512 * 1024,
-        "max_request_size": int(topics.wanted(settings, 1)[0].configs["max.message.bytes"]),
+        "max_request_size": topics.max_message_bytes(settings),
         "client_id": "rolebus-sdk",
     }
 
@@ -113,17 +112,8 @@ class RoleClient:
     async def _check_topic(self, producer: AIOKafkaProducer) -> None:
         # A topic created a moment ago may be missing from one metadata answer:
         # ask again for a few seconds before calling it missing.
-        deadline = time.monotonic() + min(5.0, self.settings.connect_timeout_s)
-        while True:
-            await producer.client.force_metadata_update()
-            if producer.client.cluster.partitions_for_topic(self.topic) is not None:
-                return
-            if time.monotonic() >= deadline:
-                raise TransportError(
-                    f"topic {self.topic} does not exist: run `rolebus topics ensure`",
-                    retriable=False,
-                )
-            await asyncio.sleep(0.1)
+        wait_s = min(5.0, self.settings.connect_timeout_s)
+        await reader.partitions(producer.client, self.topic, wait_s=wait_s)
 
     async def stop(self) -> None:
         if self._producer is not None:

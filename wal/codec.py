@@ -16,7 +16,6 @@ with identical fields (RoleActivated, RoleSuspended, ...) are never confused.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Iterable, Mapping
 from io import BytesIO
 from typing import Any, Final, cast
@@ -85,7 +84,7 @@ def _message_datum(p: MessageAppended) -> Datum:
         "latency_ms": p.latency_ms,
         "model": p.model,
         "flags": sorted(p.flags) if p.flags else (),
-        "tool_call": None if p.tool_call is None else _tool_call_datum(p.tool_call),
+        "tool_call": _tool_call_datum(p.tool_call),
     }
 
 
@@ -211,12 +210,6 @@ def from_datum(datum: Datum) -> Envelope:
 # --- bytes -------------------------------------------------------------------
 
 
-@functools.cache
-def _writer() -> tuple[bytes, dict[str, Any]]:
-    current = schema.current()
-    return current.header, current.parsed
-
-
 def current_fingerprint() -> int:
     """CRC-64-AVRO fingerprint of the schema ``encode`` writes with."""
     return schema.current().fingerprint
@@ -239,12 +232,12 @@ def encode(envelope: Envelope) -> bytes:
 
 def _encode_with_fastavro(envelope: Envelope) -> bytes:
     """``encode`` by fastavro: the reference, used when ``fastenc`` cannot handle the schema."""
-    header, parsed = _writer()
+    current = schema.current()
     datum = to_datum(envelope)
     out = BytesIO()
-    out.write(header)
+    out.write(current.header)
     try:
-        schemaless_writer(out, parsed, datum)
+        schemaless_writer(out, current.parsed, datum)
     except Exception as exc:  # fastavro reports bad values with assorted builtin errors
         raise SchemaError(
             f"event {envelope.event_id} ({envelope.event_type}): does not fit the Avro "

@@ -12,17 +12,10 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from rolebus.config import Settings
-from rolebus.endpoints import Endpoints
+from rolebus.endpoints import Endpoints, bootstrap_origin
 from rolebus.errors import TransportError
 
 T = TypeVar("T")
-
-
-def bootstrap_origin(ends: Endpoints) -> str:
-    """How to name the bootstrap setting in errors."""
-    if ends.kafka_external:
-        return f"ROLEBUS_KAFKA_BOOTSTRAP={ends.kafka_bootstrap}"
-    return f"local stack Kafka at {ends.kafka_bootstrap} (is `rolebus stack up` running?)"
 
 
 async def within(settings: Settings, ends: Endpoints, step: Awaitable[T], what: str) -> T:

@@ -9,12 +9,14 @@ envelope: readers of a source-of-truth log must see every record.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
 
@@ -78,9 +80,12 @@ def record_json(rec: WalRecord) -> dict[str, Any]:
 
 
 @asynccontextmanager
-async def _consumer(settings: Settings, ends: Endpoints) -> AsyncIterator[AIOKafkaConsumer]:
+async def open_consumer(
+    settings: Settings, ends: Endpoints, client_id: str = "rolebus-reader"
+) -> AsyncIterator[AIOKafkaConsumer]:
+    """A started consumer with no group that never commits offsets; stopped on exit."""
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=ends.kafka_bootstrap, enable_auto_commit=False, client_id="rolebus-reader"
+        bootstrap_servers=ends.kafka_bootstrap, enable_auto_commit=False, client_id=client_id
     )
     try:
         await within(settings, ends, consumer.start(), "the consumer connection")
@@ -89,18 +94,45 @@ async def _consumer(settings: Settings, ends: Endpoints) -> AsyncIterator[AIOKaf
         await consumer.stop()
 
 
-async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
-    # A fresh consumer has no metadata yet, and aiokafka has no public refresh.
+async def partitions(
+    client: AIOKafkaClient, topic: str, *, missing_ok: bool = False, wait_s: float = 0.0
+) -> list[TopicPartition]:
+    """The partitions of ``topic`` from fresh metadata of a started consumer's or
+    producer's client. A missing topic is asked for again for up to ``wait_s`` (one
+    created a moment ago may be missing from one answer), then is an error, or no
+    partitions with ``missing_ok``."""
+    deadline = time.monotonic() + wait_s
+    while not (found := await _known_partitions(client, topic)) and not missing_ok:
+        if time.monotonic() >= deadline:
+            raise TransportError(
+                f"topic {topic} does not exist: run `rolebus topics ensure`", retriable=False
+            )
+        await asyncio.sleep(0.1)
+    return [TopicPartition(topic, p) for p in sorted(found)]
+
+
+async def _known_partitions(client: AIOKafkaClient, topic: str) -> set[int]:
+    # A fresh client has no metadata yet, and aiokafka has no public refresh.
     try:
-        await consumer._client.force_metadata_update()
+        await client.force_metadata_update()
     except KafkaError as exc:
         raise TransportError(f"reading {topic}: metadata request failed: {exc}") from exc
-    parts = consumer.partitions_for_topic(topic)
-    if not parts:
-        raise TransportError(
-            f"topic {topic} does not exist: run `rolebus topics ensure`", retriable=False
-        )
-    return [TopicPartition(topic, p) for p in sorted(parts)]
+    return set(client.cluster.partitions_for_topic(topic) or ())
+
+
+async def assign_from_beginning(
+    consumer: AIOKafkaConsumer, names: Iterable[str], *, missing_ok: bool = False,
+    wait_s: float = 0.0,
+) -> list[TopicPartition]:  # fmt: skip
+    """Assign every partition of the topics ``names`` to ``consumer``, read from
+    offset 0 (``partitions`` for ``missing_ok`` and ``wait_s``)."""
+    tps = [
+        tp for name in names
+        for tp in await partitions(consumer._client, name, missing_ok=missing_ok, wait_s=wait_s)
+    ]  # fmt: skip
+    consumer.assign(tps)
+    await consumer.seek_to_beginning(*tps)
+    return tps
 
 
 async def tail(
@@ -109,8 +141,8 @@ async def tail(
 ) -> AsyncIterator[WalRecord]:  # fmt: skip
     """Records of ``topic``, in order within each partition (partitions
     interleave); without ``follow``, stop at the end offsets seen at start."""
-    async with _consumer(settings, ends) as consumer:
-        tps = await _partitions(consumer, topic)
+    async with open_consumer(settings, ends) as consumer:
+        tps = await partitions(consumer._client, topic)
         consumer.assign(tps)
         if from_beginning:
             await consumer.seek_to_beginning(*tps)
@@ -144,9 +176,9 @@ async def read_at(
     settings: Settings, ends: Endpoints, topic: str, partition: int, offset: int
 ) -> WalRecord:
     """The one record at ``partition:offset``."""
-    async with _consumer(settings, ends) as consumer:
+    async with open_consumer(settings, ends) as consumer:
         tp = TopicPartition(topic, partition)
-        if tp not in await _partitions(consumer, topic):
+        if tp not in await partitions(consumer._client, topic):
             raise TransportError(f"{topic} has no partition {partition}", retriable=False)
         consumer.assign([tp])
         first = (await consumer.beginning_offsets([tp]))[tp]

@@ -231,7 +231,12 @@ class _Reader:
 
     @classmethod
     def parse(cls, data: bytes, kind: str) -> _Reader:
-        reader = cls(_loads(data, kind), kind)
+        return cls.of(_loads(data, kind), kind)
+
+    @classmethod
+    def of(cls, parsed: Any, kind: str) -> _Reader:
+        """A reader of an already parsed record of ``kind`` (version and type checked)."""
+        reader = cls(parsed, kind)
         doc = reader.doc
         if doc.get("v") != VERSION or doc.get("type") != kind:
             raise RecordError(
@@ -287,7 +292,10 @@ def _loads(data: bytes, kind: str) -> Any:
 
 
 def decode_change(data: bytes) -> ChangeRecord:
-    r = _Reader.parse(data, "change")
+    return _change(_Reader.parse(data, "change"))
+
+
+def _change(r: _Reader) -> ChangeRecord:
     return ChangeRecord(
         event_id=r.get("event_id", str), role_id=r.get("role_id", str),
         tenant_id=r.get("tenant_id", str), seq=r.get("seq", int),
@@ -300,7 +308,10 @@ def decode_change(data: bytes) -> ChangeRecord:
 
 
 def decode_commit(data: bytes) -> CommitRecord:
-    r = _Reader.parse(data, "commit")
+    return _commit(_Reader.parse(data, "commit"))
+
+
+def _commit(r: _Reader) -> CommitRecord:
     return CommitRecord(
         commit_id=r.get("commit_id", str), role_id=r.get("role_id", str),
         tenant_id=r.get("tenant_id", str), parent_id=r.get("parent_id", str, optional=True),
@@ -312,7 +323,10 @@ def decode_commit(data: bytes) -> CommitRecord:
 
 
 def decode_rejection(data: bytes) -> RejectionRecord:
-    r = _Reader.parse(data, "rejection")
+    return _rejection(_Reader.parse(data, "rejection"))
+
+
+def _rejection(r: _Reader) -> RejectionRecord:
     return RejectionRecord(
         position=_required(r.position()), reason=r.get("reason", str),
         message=r.get("message", str), original=r.raw("original"),
@@ -324,10 +338,10 @@ def decode_rejection(data: bytes) -> RejectionRecord:
     )  # fmt: skip
 
 
-_DECODERS: Final[Mapping[str, Callable[[bytes], OutputRecord]]] = {
-    "change": decode_change,
-    "commit": decode_commit,
-    "rejection": decode_rejection,
+_DECODERS: Final[Mapping[str, Callable[[_Reader], OutputRecord]]] = {
+    "change": _change,
+    "commit": _commit,
+    "rejection": _rejection,
 }
 
 
@@ -335,10 +349,9 @@ def decode(data: bytes) -> OutputRecord:
     """Any output record, by its ``type`` field."""
     doc = _loads(data, "output")
     kind = doc.get("type") if isinstance(doc, dict) else None
-    decoder = _DECODERS.get(kind) if isinstance(kind, str) else None
-    if decoder is None:
+    if not isinstance(kind, str) or kind not in _DECODERS:
         raise RecordError(f"output record: unknown type {kind!r} (expected {', '.join(_DECODERS)})")
-    return decoder(data)
+    return _DECODERS[kind](_Reader.of(doc, kind))  # parsed once: commits carry whole states
 
 
 def _required(pos: WalPosition | None) -> WalPosition:

@@ -18,9 +18,9 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
 from rolebus.config import Settings
-from rolebus.endpoints import Endpoints
+from rolebus.endpoints import Endpoints, bootstrap_origin
 from rolebus.errors import TransportError
-from rolebus.wal.connect import admin_client, bootstrap_origin, within
+from rolebus.wal.connect import admin_client, within
 
 KINDS = ("wal", "changes", "commits", "rejections")
 
@@ -61,8 +61,7 @@ def wanted(settings: Settings, brokers: int) -> list[TopicSpec]:
         "min.insync.replicas": str(isr),
         "unclean.leader.election.enable": "false",
         "message.timestamp.type": "CreateTime",
-        # Room for the largest allowed message content plus envelope and batch overhead.
-        "max.message.bytes": str(max(1_048_588, settings.max_content_bytes * 2 + 65_536)),
+        "max.message.bytes": str(max_message_bytes(settings)),
     }
     # A commit record carries the committed state, whose message window dominates.
     sized = {"commits": {"max.message.bytes": str(max_state_bytes(settings))}}
@@ -73,6 +72,11 @@ def wanted(settings: Settings, brokers: int) -> list[TopicSpec]:
         )
         for kind in KINDS
     ]  # fmt: skip
+
+
+def max_message_bytes(settings: Settings) -> int:
+    """Room for the largest allowed message content plus envelope and batch overhead."""
+    return max(1_048_588, settings.max_content_bytes * 2 + 65_536)
 
 
 def max_state_bytes(settings: Settings) -> int:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any, Final
 
+from rolebus.config import Settings
 from rolebus.errors import ValidationError
 from rolebus.wal.events import (
     PAYLOAD_TYPES,
@@ -43,7 +44,7 @@ ROLE_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 COMMIT_ID_PATTERN: Final = re.compile(r"[0-9a-f]{64}")
 MESSAGE_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
-DEFAULT_MAX_CONTENT_BYTES: Final = 256 * 1024
+DEFAULT_MAX_CONTENT_BYTES: Final = Settings.max_content_bytes
 MAX_NAME_CHARS: Final = 200
 MAX_PRODUCER_CHARS: Final = 200
 MAX_MODEL_CHARS: Final = 200

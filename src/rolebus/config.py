@@ -11,7 +11,7 @@ import math
 import os
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -232,7 +232,3 @@ def _check(settings: Settings) -> Settings:
                 f"postgres {settings.pg_port})"
             )
     return settings
-
-
-def settings_fields() -> list[str]:
-    return [f.name for f in fields(Settings)]

@@ -9,6 +9,7 @@ back to the settings.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from rolebus.config import Settings
 from rolebus.errors import StackError
 
 STACK_FILE = "stack.json"
+LAYOUT_KEYS = ("brokers", "kafka_port", "kafka_controller_port", "pg_port")
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,17 @@ class Endpoints:
     pg_dsn: str
     kafka_external: bool
     pg_external: bool
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The local stack's size and ports: as recorded by the last ``stack up``,
+    else the settings (a running stack keeps its ports until it is stopped)."""
+
+    brokers: int
+    kafka_port: int
+    kafka_controller_port: int
+    pg_port: int
 
 
 def read_stack_file(data_dir: Path) -> dict[str, Any]:
@@ -50,17 +63,30 @@ def local_dsn(pg_port: int) -> str:
     return f"postgresql://postgres@127.0.0.1:{pg_port}/rolebus"
 
 
-def resolve(settings: Settings) -> Endpoints:
+def layout(settings: Settings, recorded: Mapping[str, Any] | None = None) -> Layout:
+    """The recorded value of each layout key, else the setting. Reads stack.json
+    unless its content is passed as ``recorded`` (callers that need both)."""
+    if recorded is None:
+        recorded = read_stack_file(settings.data_dir)
+    return Layout(**{key: int(recorded.get(key, getattr(settings, key))) for key in LAYOUT_KEYS})
+
+
+def resolve(settings: Settings, stack_layout: Layout | None = None) -> Endpoints:
     """External where configured, unless the value is just the local stack's own
     address (as after ``eval "$(rolebus stack env)"``): then it stays local."""
-    recorded = read_stack_file(settings.data_dir)
-    kafka_port = int(recorded.get("kafka_port", settings.kafka_port))
-    brokers = int(recorded.get("brokers", settings.brokers))
-    pg_port = int(recorded.get("pg_port", settings.pg_port))
-    local_kafka, local_pg = local_bootstrap(kafka_port, brokers), local_dsn(pg_port)
+    lay = stack_layout or layout(settings)
+    local_kafka = local_bootstrap(lay.kafka_port, lay.brokers)
+    local_pg = local_dsn(lay.pg_port)
     return Endpoints(
         kafka_bootstrap=settings.kafka_bootstrap or local_kafka,
         pg_dsn=settings.pg_dsn or local_pg,
         kafka_external=settings.kafka_bootstrap not in (None, local_kafka),
         pg_external=settings.pg_dsn not in (None, local_pg),
     )
+
+
+def bootstrap_origin(ends: Endpoints) -> str:
+    """How to name the bootstrap setting in errors."""
+    if ends.kafka_external:
+        return f"ROLEBUS_KAFKA_BOOTSTRAP={ends.kafka_bootstrap}"
+    return f"local stack Kafka at {ends.kafka_bootstrap} (is `rolebus stack up` running?)"

@@ -22,10 +22,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter
 
 def setup_tracing(service_name: str, exporter: SpanExporter | None = None) -> TracerProvider:
     """Install (once) an SDK tracer provider and instrument aiokafka."""
-    provider = trace.get_tracer_provider()
-    if not isinstance(provider, TracerProvider):
-        provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
-        trace.set_tracer_provider(provider)
+    provider = install_provider(service_name)
     if exporter is not None:
         provider.add_span_processor(SimpleSpanProcessor(exporter))
     instrumentor = AIOKafkaInstrumentor()
@@ -34,14 +31,24 @@ def setup_tracing(service_name: str, exporter: SpanExporter | None = None) -> Tr
     return provider
 
 
+def install_provider(service_name: str) -> TracerProvider:
+    """Install (once) an SDK tracer provider, without instrumenting anything."""
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+        trace.set_tracer_provider(provider)
+    return provider
+
+
 def tracer(name: str) -> trace.Tracer:
     return trace.get_tracer(name)
 
 
-def trace_headers() -> list[tuple[str, bytes]]:
-    """The current trace context as Kafka headers (W3C traceparent/tracestate)."""
+def trace_headers(context: Context | None = None) -> list[tuple[str, bytes]]:
+    """A trace context (the current one by default) as Kafka headers (W3C
+    traceparent/tracestate)."""
     carrier: dict[str, str] = {}
-    propagate.inject(carrier)
+    propagate.inject(carrier, context=context)
     return [(k, v.encode("latin-1")) for k, v in carrier.items()]
 
 

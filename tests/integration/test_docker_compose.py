@@ -13,6 +13,7 @@ No engine runs here, so nothing is built or started. What can be checked is:
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -91,6 +92,7 @@ def _version(argv: list[str]) -> int | None:
     return int(match.group(1)) if proc.returncode == 0 and match else None
 
 
+@functools.cache  # the fixture and test_ensure_compose_script share one lookup
 def find_compose() -> Compose | None:
     """`docker compose` (v2 plugin) first, then a `docker-compose` binary (v1 or v2)."""
     candidates: list[list[str]] = []
@@ -355,9 +357,7 @@ def parse_dockerfile(text: str) -> list[Stage]:
     current = ""
     for raw in text.splitlines():
         line = raw.strip()
-        if line.startswith("#") and not current:
-            continue
-        if line.startswith("#"):  # comment inside a continued instruction
+        if line.startswith("#"):  # also inside a continued instruction
             continue
         if line.endswith("\\"):
             current += line[:-1] + " "

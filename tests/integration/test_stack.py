@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -14,7 +13,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from rolebus import endpoints
@@ -23,8 +22,10 @@ from rolebus.errors import StackError, StoreError, TransportError
 from rolebus.stack import procs
 from rolebus.stack.launcher import LocalStack
 from rolebus.wal import topics
+from rolebus.wal.connect import admin_client
 
 StackSettings = Callable[..., Settings]
+RunCli = Callable[..., subprocess.CompletedProcess[str]]
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
 
@@ -44,14 +45,12 @@ def test_up_is_idempotent(stack: Settings) -> None:
     assert time.monotonic() - started < 15
 
 
-async def _produce_one(bootstrap: str, topic: str, value: bytes) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
+async def _produce_one(
+    settings: Settings, ends: endpoints.Endpoints, topic: str, value: bytes
+) -> None:
+    async with admin_client(settings, ends) as admin:
         await admin.create_topics([NewTopic(topic, 1, 1)])
-    finally:
-        await admin.close()
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    producer = AIOKafkaProducer(bootstrap_servers=ends.kafka_bootstrap, acks="all")
     await producer.start()
     try:
         await producer.send_and_wait(topic, value)
@@ -85,7 +84,7 @@ def test_data_survives_down_and_up(tmp_path: Path, stack_settings: StackSettings
     try:
         launcher.up()
         ends = endpoints.resolve(settings)
-        asyncio.run(_produce_one(ends.kafka_bootstrap, "keep.me", b"still here"))
+        asyncio.run(_produce_one(settings, ends, "keep.me", b"still here"))
         with psycopg.connect(ends.pg_dsn, autocommit=True) as conn:
             conn.execute("CREATE TABLE kept (v text)")
             conn.execute("INSERT INTO kept VALUES ('row survives')")
@@ -122,10 +121,8 @@ def test_stale_pid_file_is_detected_and_replaced(
         launcher.down()
 
 
-async def _isr_sizes(bootstrap: str, topic: str) -> list[int]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
+async def _isr_sizes(settings: Settings, ends: endpoints.Endpoints, topic: str) -> list[int]:
+    async with admin_client(settings, ends) as admin:
         await admin.create_topics(
             [NewTopic(topic, 3, 3, topic_configs={"min.insync.replicas": "2"})]
         )
@@ -136,8 +133,6 @@ async def _isr_sizes(bootstrap: str, topic: str) -> list[int]:
                 return sizes
             await asyncio.sleep(0.2)
         return sizes
-    finally:
-        await admin.close()
 
 
 @pytest.mark.slow
@@ -153,7 +148,7 @@ def test_three_broker_cluster_replicates(tmp_path: Path, stack_settings: StackSe
             "postgres",
         ]
         ends = endpoints.resolve(settings)
-        assert asyncio.run(_isr_sizes(ends.kafka_bootstrap, "replicated")) == [3, 3, 3]
+        assert asyncio.run(_isr_sizes(settings, ends, "replicated")) == [3, 3, 3]
         reports = asyncio.run(topics.ensure(settings, ends))
         assert {r.action for r in reports} == {"created"}
         spec = topics.wanted(settings, 3)[0]
@@ -167,8 +162,6 @@ def test_three_broker_cluster_replicates(tmp_path: Path, stack_settings: StackSe
 async def _describe(
     settings: Settings, ends: endpoints.Endpoints, name: str
 ) -> tuple[int, int, dict[str, str]]:
-    from rolebus.wal.connect import admin_client
-
     async with admin_client(settings, ends) as admin:
         return await topics.describe(admin, name)
 
@@ -184,10 +177,8 @@ def test_topics_ensure_twice_is_a_noop(settings: Settings) -> None:
     assert (parts, rf, cfg["retention.ms"], cfg["retention.bytes"]) == (4, 1, "-1", "-1")
 
 
-async def _set_retention(bootstrap: str, topic: str) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
+async def _set_retention(settings: Settings, ends: endpoints.Endpoints, topic: str) -> None:
+    async with admin_client(settings, ends) as admin:
         await admin.alter_configs(
             [ConfigResource(ConfigResourceType.TOPIC, topic, {"retention.ms": "3600000"})]
         )
@@ -196,15 +187,13 @@ async def _set_retention(bootstrap: str, topic: str) -> None:
             if cfg["retention.ms"] == "3600000":
                 return
             await asyncio.sleep(0.1)
-    finally:
-        await admin.close()
 
 
 def test_topics_ensure_reports_and_fixes_drift(settings: Settings) -> None:
     ends = endpoints.resolve(settings)
     asyncio.run(topics.ensure(settings, ends))
     wal = topics.topic_name(settings, "wal")
-    asyncio.run(_set_retention(ends.kafka_bootstrap, wal))
+    asyncio.run(_set_retention(settings, ends, wal))
     drifted = {r.name: r for r in asyncio.run(topics.ensure(settings, ends))}
     assert drifted[wal].action == "drift"
     assert "retention.ms: wanted -1, has 3600000" in drifted[wal].drift
@@ -217,16 +206,34 @@ def test_topics_ensure_reports_and_fixes_drift(settings: Settings) -> None:
     assert "partitions: wanted 8, has 4" in grown[wal].drift
 
 
-def test_unreachable_external_bootstrap_fails_fast(tmp_path: Path) -> None:
+def _ensure_topics(settings: Settings) -> None:
+    asyncio.run(topics.ensure(settings, endpoints.resolve(settings)))
+
+
+def _stack_up(settings: Settings) -> None:
+    LocalStack(settings).up()
+
+
+@pytest.mark.parametrize(
+    ("action", "error", "limit_s"),
+    [(_ensure_topics, TransportError, 10), (_stack_up, StackError, 15)],
+    ids=["topics-ensure", "stack-up"],
+)
+def test_unreachable_external_kafka_fails_fast(
+    tmp_path: Path,
+    action: Callable[[Settings], None],
+    error: type[Exception],
+    limit_s: float,
+) -> None:
     settings = load_settings(
         env={"ROLEBUS_KAFKA_BOOTSTRAP": "127.0.0.1:1", "ROLEBUS_CONNECT_TIMEOUT_S": "3"},
         config_file=None,
         data_dir=tmp_path,
     )
     started = time.monotonic()
-    with pytest.raises(TransportError, match=r"ROLEBUS_KAFKA_BOOTSTRAP=127\.0\.0\.1:1"):
-        asyncio.run(topics.ensure(settings, endpoints.resolve(settings)))
-    assert time.monotonic() - started < 10
+    with pytest.raises(error, match=r"ROLEBUS_KAFKA_BOOTSTRAP=127\.0\.0\.1:1"):
+        action(settings)
+    assert time.monotonic() - started < limit_s
     assert not (tmp_path / "kafka-1").exists()  # nothing local was started
 
 
@@ -240,34 +247,16 @@ def test_port_in_use_is_named(
         LocalStack(taken).up()
 
 
-def test_cli_reports_bad_settings_on_stderr(tmp_path: Path) -> None:
-    cli = [sys.executable, "-c", "from rolebus.cli import main; main()"]
-    env = {**os.environ, "ROLEBUS_KAFKA_PORT": "notaport", "ROLEBUS_DATA_DIR": str(tmp_path)}
-    bad = subprocess.run(
-        [*cli, "stack", "up"], env=env, capture_output=True, text=True, check=False
-    )
+def test_cli_reports_bad_settings_on_stderr(tmp_path: Path, run_cli: RunCli) -> None:
+    env = {"ROLEBUS_KAFKA_PORT": "notaport", "ROLEBUS_DATA_DIR": str(tmp_path)}
+    bad = run_cli("stack", "up", env=env)
     assert bad.returncode == 2
     assert "ROLEBUS_KAFKA_PORT: must be an integer" in bad.stderr
-    env = {**os.environ, "ROLEBUS_KAFKA_BOOTSTRAP": "127.0.0.1:1", "ROLEBUS_CONNECT_TIMEOUT_S": "2"}
-    down = subprocess.run(
-        [*cli, "topics", "ensure"], env=env, capture_output=True, text=True, check=False
-    )
+    env = {"ROLEBUS_KAFKA_BOOTSTRAP": "127.0.0.1:1", "ROLEBUS_CONNECT_TIMEOUT_S": "2"}
+    down = run_cli("topics", "ensure", env=env)
     assert down.returncode == 1
     assert "ROLEBUS_KAFKA_BOOTSTRAP=127.0.0.1:1" in down.stderr
     assert "Traceback" not in down.stderr
-
-
-def test_stack_up_with_unreachable_external_kafka_fails_fast(tmp_path: Path) -> None:
-    settings = load_settings(
-        env={"ROLEBUS_KAFKA_BOOTSTRAP": "127.0.0.1:1", "ROLEBUS_CONNECT_TIMEOUT_S": "3"},
-        config_file=None,
-        data_dir=tmp_path,
-    )
-    started = time.monotonic()
-    with pytest.raises(StackError, match=r"ROLEBUS_KAFKA_BOOTSTRAP=127\.0\.0\.1:1"):
-        LocalStack(settings).up()
-    assert time.monotonic() - started < 15
-    assert not (tmp_path / "kafka-1").exists()
 
 
 def test_stack_up_with_unreachable_external_postgres_names_it(

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import subprocess
-import sys
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
@@ -45,6 +44,8 @@ from rolebus.wal.events import (
 )
 
 pytestmark = [pytest.mark.kafka]
+
+RunCli = Callable[..., subprocess.CompletedProcess[str]]
 
 COMMIT = CommitId("ab" * 32)
 EVERY_PAYLOAD: list[Payload] = [
@@ -219,23 +220,24 @@ def test_undecodable_records_are_shown_not_skipped(settings: Settings) -> None:
     assert reader.record_json(record)["error"]
 
 
-def _cli(settings: Settings, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+@pytest.fixture
+def cli(settings: Settings, run_cli: RunCli) -> RunCli:
+    """The CLI pointed at this test's topics on the session stack."""
     env = {
-        **os.environ,
         "ROLEBUS_KAFKA_BOOTSTRAP": endpoints.resolve(settings).kafka_bootstrap,
         "ROLEBUS_TOPIC_PREFIX": settings.topic_prefix,
         "ROLEBUS_WAL_PARTITIONS": str(settings.wal_partitions),
     }
-    return subprocess.run(
-        [sys.executable, "-c", "from rolebus.cli import main; main()", *args],
-        env=env, capture_output=True, text=True, check=False, input=stdin, timeout=120,
-    )  # fmt: skip
+
+    def run(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+        return run_cli(*args, env=env, stdin=stdin, timeout=120)
+
+    return run
 
 
-def test_cli_role_say_tail_inspect(settings: Settings, tmp_path: Path) -> None:
-    assert _cli(settings, "topics", "ensure").returncode == 0
-    created = _cli(
-        settings,
+def test_cli_role_say_tail_inspect(cli: RunCli, tmp_path: Path) -> None:
+    assert cli("topics", "ensure").returncode == 0
+    created = cli(
         "role",
         "create",
         "Ada",
@@ -249,12 +251,12 @@ def test_cli_role_say_tail_inspect(settings: Settings, tmp_path: Path) -> None:
     assert created.returncode == 0, created.stderr
     role = created.stdout.strip()
     assert role.startswith("r-")
-    assert _cli(settings, "role", "activate", role, "-t", "acme").returncode == 0
-    said = _cli(settings, "say", role, "-t", "acme", "--author", "assistant", "--latency-ms", "300",
-                "--flag", "hallucination", "--json", "The moon is cheese")  # fmt: skip
+    assert cli("role", "activate", role, "-t", "acme").returncode == 0
+    said = cli("say", role, "-t", "acme", "--author", "assistant", "--latency-ms", "300",
+               "--flag", "hallucination", "--json", "The moon is cheese")  # fmt: skip
     assert said.returncode == 0, said.stderr
     where = json.loads(said.stdout)
-    tail = _cli(settings, "wal", "tail", "--from-beginning", "--role", role, "--json")
+    tail = cli("wal", "tail", "--from-beginning", "--role", role, "--json")
     lines = [json.loads(line) for line in tail.stdout.splitlines()]
     assert [line["event"]["event_type"] for line in lines] == [
         "RoleCreated",
@@ -263,7 +265,7 @@ def test_cli_role_say_tail_inspect(settings: Settings, tmp_path: Path) -> None:
     ]
     assert lines[2]["event"]["payload"]["flags"] == ["hallucination"]
     assert lines[2]["schema"]["version"] == schema.current().version
-    shown = _cli(settings, "wal", "inspect", f"{where['partition']}:{where['offset']}", "--json")
+    shown = cli("wal", "inspect", f"{where['partition']}:{where['offset']}", "--json")
     assert json.loads(shown.stdout)["event"]["payload"]["content"] == "The moon is cheese"
     assert "traceparent" in json.loads(shown.stdout)["headers"]
 
@@ -283,12 +285,12 @@ def test_cli_role_say_tail_inspect(settings: Settings, tmp_path: Path) -> None:
     ],
 )
 def test_cli_refuses_bad_input_and_sends_nothing(
-    settings: Settings, args: list[str], needle: str
+    settings: Settings, cli: RunCli, args: list[str], needle: str
 ) -> None:
     import asyncio
 
     asyncio.run(_ensure(settings))
-    result = _cli(settings, *args, stdin="x" * (256 * 1024 + 1))
+    result = cli(*args, stdin="x" * (256 * 1024 + 1))
     assert result.returncode != 0
     assert needle in result.stderr
     assert "Traceback" not in result.stderr
@@ -318,23 +320,13 @@ def test_occurred_at_keeps_microseconds(settings: Settings) -> None:
     assert codec.decode(codec.encode(env)) == env
 
 
-def test_cli_validates_before_connecting() -> None:
+def test_cli_validates_before_connecting(run_cli: RunCli) -> None:
     """Bad input is reported as bad input even when no broker is reachable."""
-    env = {**os.environ, "ROLEBUS_KAFKA_BOOTSTRAP": "127.0.0.1:1", "ROLEBUS_CONNECT_TIMEOUT_S": "2"}
-    cli = [sys.executable, "-c", "from rolebus.cli import main; main()"]
-    bad = subprocess.run(
-        [*cli, "say", "r-1", "-t", "acme", "--author", "robot", "hi"],
-        env=env, capture_output=True, text=True, check=False,
-    )  # fmt: skip
+    env = {"ROLEBUS_KAFKA_BOOTSTRAP": "127.0.0.1:1", "ROLEBUS_CONNECT_TIMEOUT_S": "2"}
+    bad = run_cli("say", "r-1", "-t", "acme", "--author", "robot", "hi", env=env)
     assert bad.returncode == 1
     assert "payload.author: must be one of" in bad.stderr
-    good = subprocess.run(
-        [*cli, "say", "r-1", "-t", "acme", "hi"],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    good = run_cli("say", "r-1", "-t", "acme", "hi", env=env)
     assert good.returncode == 1
     assert "ROLEBUS_KAFKA_BOOTSTRAP=127.0.0.1:1" in good.stderr
 

@@ -18,7 +18,8 @@ from rolebus.config import Settings
 from rolebus.endpoints import Endpoints, resolve
 from rolebus.streams import harness
 from rolebus.streams.harness import OutputReader, WorkerProcess
-from rolebus.streams.snapshots import find_commit, snapshot_of
+from rolebus.streams.serde import commit_from_record as snapshot_of
+from rolebus.streams.snapshots import find_commit
 from rolebus.streams.state import FoldConfig, state_digest
 from rolebus.streams.workload import Workload, WorkloadSpec
 from rolebus.wal import codec, records, topics

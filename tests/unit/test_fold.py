@@ -11,11 +11,11 @@ import pytest
 
 from rolebus.config import Settings
 from rolebus.errors import ConfigError, FoldError
-from rolebus.streams.commits import Commit, CommitKind
-from rolebus.streams.fold import apply_event, fold
+from rolebus.streams.commits import CommitKind
+from rolebus.streams.fold import Folding, apply_event, fold
 from rolebus.streams.outcome import Accepted, Duplicate, DuplicateBy, Outcome, Rejected
 from rolebus.streams.rules import EVENT_TRANSITIONS, Reason
-from rolebus.streams.state import FoldConfig, Lifecycle, RoleState, state_digest
+from rolebus.streams.state import FoldConfig, Lifecycle, state_digest
 from rolebus.wal.events import (
     Author,
     CommitId,
@@ -43,14 +43,12 @@ BASE = datetime(2025, 1, 1, tzinfo=UTC)
 L = Lifecycle
 
 
-class Driver:
+class Driver(Folding):
     """Sends events one by one through ``apply_event``, keeping states and commits."""
 
     def __init__(self, config: FoldConfig | None = None) -> None:
-        self.config = config or FoldConfig()
+        super().__init__(config or FoldConfig())
         self.n = 0
-        self.states: dict[RoleId, RoleState] = {}
-        self.commits: dict[CommitId, Commit] = {}
 
     def envelope(
         self, role: str, payload: Payload, *, tenant: str = "t-1", expected_seq: int | None = None
@@ -65,17 +63,6 @@ class Driver:
             payload=payload,
             expected_seq=expected_seq,
         )
-
-    def apply(self, envelope: Envelope, position: WalPosition | None = None) -> Outcome:
-        state = self.states.get(envelope.role_id)
-        new, outcome = apply_event(
-            state, envelope, position, lookup=self.commits, config=self.config
-        )
-        if new is not None:
-            self.states[envelope.role_id] = new
-        if isinstance(outcome, Accepted):
-            self.commits.update({c.commit_id: c for c in outcome.commits})
-        return outcome
 
     def send(self, role: str, payload: Payload, **kw: object) -> Outcome:
         return self.apply(self.envelope(role, payload, **kw))  # type: ignore[arg-type]

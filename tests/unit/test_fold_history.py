@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from rolebus.streams.commits import Commit, CommitKind
-from rolebus.streams.fold import apply_event, fold
+from rolebus.streams.fold import Folding, fold
 from rolebus.streams.outcome import Accepted, Outcome, Rejected
 from rolebus.streams.rules import Reason
 from rolebus.streams.state import (
@@ -46,14 +46,12 @@ BASE = datetime(2025, 1, 1, tzinfo=UTC)
 R1, R2 = RoleId("r-1"), RoleId("r-2")
 
 
-class Driver:
+class Driver(Folding):
     """Sends events one by one through ``apply_event``, keeping states and commits."""
 
     def __init__(self, config: FoldConfig | None = None) -> None:
-        self.config = config or FoldConfig()
+        super().__init__(config or FoldConfig())
         self.envelopes: list[Envelope] = []
-        self.states: dict[RoleId, RoleState] = {}
-        self.commits: dict[CommitId, Commit] = {}
 
     def send(
         self, role: str, payload: Payload, tenant: str = "t-1", seq: int | None = None
@@ -64,14 +62,7 @@ class Driver:
             BASE + timedelta(seconds=n), "test", payload, seq,
         )  # fmt: skip
         self.envelopes.append(envelope)
-        new, outcome = apply_event(
-            self.states.get(envelope.role_id), envelope, lookup=self.commits, config=self.config
-        )
-        if new is not None:
-            self.states[envelope.role_id] = new
-        if isinstance(outcome, Accepted):
-            self.commits.update({c.commit_id: c for c in outcome.commits})
-        return outcome
+        return self.apply(envelope)
 
     def head(self, role: RoleId = R1) -> Commit:
         head_id = self.states[role].head_commit_id

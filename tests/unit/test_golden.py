@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from rolebus.streams.commits import Commit
-from rolebus.streams.fold import Positioned, apply_event, fold
+from rolebus.streams.fold import Folding, Positioned, fold
 from rolebus.streams.outcome import Accepted, Duplicate, Outcome, Rejected
 from rolebus.streams.state import FoldConfig, RoleState, state_digest
 from rolebus.wal.canonical import plain
@@ -184,8 +184,7 @@ class Script:
 
     def __init__(self) -> None:
         self.events: list[Positioned] = []
-        self.states: dict[RoleId, RoleState] = {}
-        self.commits: dict[CommitId, Commit] = {}
+        self.folding = Folding(CONFIG)
         self.offsets: dict[int, int] = {}
 
     def add(self, role: str, payload: Payload, **kw: Any) -> None:
@@ -206,17 +205,10 @@ class Script:
 
     def push(self, envelope: Envelope, position: WalPosition | None) -> None:
         self.events.append((envelope, position))
-        role = envelope.role_id
-        new, outcome = apply_event(
-            self.states.get(role), envelope, position, lookup=self.commits, config=CONFIG
-        )
-        if new is not None:
-            self.states[role] = new
-        if isinstance(outcome, Accepted):
-            self.commits.update({c.commit_id: c for c in outcome.commits})
+        self.folding.apply(envelope, position)
 
     def head(self, role: str) -> CommitId:
-        head = self.states[RoleId(role)].head_commit_id
+        head = self.folding.states[RoleId(role)].head_commit_id
         assert head is not None
         return head
 

@@ -25,6 +25,7 @@ from rolebus.errors import StackError, ValidationError
 from rolebus.stack.launcher import LocalStack
 from rolebus.streams.harness import OutputReader, WorkerProcess
 from rolebus.wal import reader, topics
+from rolebus.wal.canonical import plain
 from rolebus.wal.client import RoleClient, Sent
 from rolebus.wal.records import ChangeRecord, CommitRecord
 
@@ -61,7 +62,7 @@ async def _run(settings: Settings) -> tuple[list[reader.WalRecord], list[CommitR
     ends = endpoints.resolve(settings)
     for report in await topics.ensure(settings, ends):
         progress(f"topic {report.name}: {report.action}")
-    async with RoleClient(settings, TENANT, producer="rolebus-demo") as client:
+    async with RoleClient(settings, TENANT, producer="rolebus-demo", endpoints=ends) as client:
         sent = await _story(client)
         role = sent[0].role_id
         progress(f"wrote {len(sent)} events for role {role}")
@@ -74,41 +75,50 @@ async def _run(settings: Settings) -> tuple[list[reader.WalRecord], list[CommitR
         progress(f"starting a stream worker (group {settings.app_id}; log {worker.log_path})")
         worker.start()
         try:
-            commits = await _folded(settings, ends, worker, role, len(sent))
-            before = next(c for c in commits if c.kind == "lifecycle")  # cut by activation
-            target = f"{before.commit_id[:12]} (seq {before.seq})"
-            progress(f"rolling back to {target}, before the hallucinated answer")
-            await client.rollback(role, before.commit_id, reason="hallucinated answer")
-            commits = await _folded(settings, ends, worker, role, len(sent) + 1)
+            commits = await _fold_and_roll_back(settings, ends, client, worker, role, len(sent))
         finally:
             worker.stop()
     return events, commits
 
 
-async def _folded(
-    settings: Settings, ends: Endpoints, worker: WorkerProcess, role: str, events: int
-) -> list[CommitRecord]:
-    """Wait until the worker accepted ``events`` events of ``role``; its commits."""
+async def _fold_and_roll_back(
+    settings: Settings, ends: Endpoints, client: RoleClient, worker: WorkerProcess, role: str,
+    sent: int,
+) -> list[CommitRecord]:  # fmt: skip
+    """Wait for the fold, roll back before the hallucinated answer, wait again; the commits."""
+    # One reader for both waits: each would otherwise re-read every output topic.
     outputs = await OutputReader(settings, ends).start()
-    deadline = time.monotonic() + FOLD_TIMEOUT_S
     try:
-        while True:
-            await outputs.poll()
-            mine = [r for r in (o.record for o in outputs.seen) if r.role_id == role]
-            changes = {r.event_id: r for r in mine if isinstance(r, ChangeRecord)}
-            if len(changes) >= events:
-                head = max(changes.values(), key=lambda c: c.seq)
-                progress(f"folded: seq {head.seq}, head commit {(head.head_commit_id or '')[:12]}")
-                commits = {r.commit_id: r for r in mine if isinstance(r, CommitRecord)}
-                return sorted(commits.values(), key=lambda c: c.seq)
-            if time.monotonic() > deadline or (worker.proc and worker.proc.poll() is not None):
-                raise StackError(
-                    f"the stream worker folded {len(changes)} of {events} events of role {role} "
-                    f"in {FOLD_TIMEOUT_S:.0f}s; its log ends:\n{worker.log_text()[-2000:]}"
-                )
-            await asyncio.sleep(0.2)
+        commits = await _folded(outputs, worker, role, sent)
+        before = next(c for c in commits if c.kind == "lifecycle")  # cut by activation
+        target = f"{before.commit_id[:12]} (seq {before.seq})"
+        progress(f"rolling back to {target}, before the hallucinated answer")
+        await client.rollback(role, before.commit_id, reason="hallucinated answer")
+        return await _folded(outputs, worker, role, sent + 1)
     finally:
         await outputs.stop()
+
+
+async def _folded(
+    outputs: OutputReader, worker: WorkerProcess, role: str, events: int
+) -> list[CommitRecord]:
+    """Wait until the worker accepted ``events`` events of ``role``; its commits."""
+    deadline = time.monotonic() + FOLD_TIMEOUT_S
+    while True:
+        await outputs.poll()
+        mine = [r for r in (o.record for o in outputs.seen) if r.role_id == role]
+        changes = {r.event_id: r for r in mine if isinstance(r, ChangeRecord)}
+        if len(changes) >= events:
+            head = max(changes.values(), key=lambda c: c.seq)
+            progress(f"folded: seq {head.seq}, head commit {(head.head_commit_id or '')[:12]}")
+            commits = {r.commit_id: r for r in mine if isinstance(r, CommitRecord)}
+            return sorted(commits.values(), key=lambda c: c.seq)
+        if time.monotonic() > deadline or (worker.proc and worker.proc.poll() is not None):
+            raise StackError(
+                f"the stream worker folded {len(changes)} of {events} events of role {role} "
+                f"in {FOLD_TIMEOUT_S:.0f}s; its log ends:\n{worker.log_text()[-2000:]}"
+            )
+        await asyncio.sleep(0.2)
 
 
 def _brief(payload: dict[str, object]) -> str:
@@ -137,7 +147,7 @@ def demo(
     )
     for rec in records:
         env = rec.envelope
-        detail = "" if env is None else _brief(reader.envelope_json(env)["payload"])
+        detail = "" if env is None else _brief(plain(env.payload))
         table.add_row(
             f"{rec.position.partition}:{rec.position.offset}",
             env.event_type if env else "?",

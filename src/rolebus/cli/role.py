@@ -41,9 +41,12 @@ def _send(ctx: typer.Context, tenant: str, call: Callable[[RoleClient], Awaitabl
     return asyncio.run(run())
 
 
-def _report(sent: Sent, as_json: bool) -> None:
+def _report(sent: Sent, as_json: bool, *, id_only: bool = False) -> None:
+    """JSON, or a line for humans: the role id alone (``id_only``) or where it landed."""
     if as_json:
         print_json(sent._asdict())
+    elif id_only:
+        print(sent.role_id)
     else:
         print(
             f"{sent.role_id} event {sent.event_id} -> {sent.topic}[{sent.partition}]@{sent.offset}"
@@ -79,10 +82,7 @@ def create(
     sent = _send(ctx, tenant, lambda c: c.create_role(
         name, persona, traits=traits, model=model, skills=skill or [], role_id=role_id
     ))  # fmt: skip
-    if as_json:
-        print_json(sent._asdict())
-    else:
-        print(sent.role_id)
+    _report(sent, as_json, id_only=True)
 
 
 def _lifecycle(verb: str, doc: str) -> None:
@@ -164,8 +164,4 @@ def fork(
     as_json: Json = False,
 ) -> None:  # fmt: skip
     """Start a new role from a commit of ROLE; prints the new role id."""
-    sent = _send(ctx, tenant, lambda c: c.fork(role, commit_id, name))
-    if as_json:
-        print_json(sent._asdict())
-    else:
-        print(sent.role_id)
+    _report(_send(ctx, tenant, lambda c: c.fork(role, commit_id, name)), as_json, id_only=True)

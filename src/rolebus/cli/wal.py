@@ -13,6 +13,7 @@ from rolebus import endpoints
 from rolebus.cli.common import print_json, state
 from rolebus.errors import ConfigError
 from rolebus.wal import reader, topics
+from rolebus.wal.canonical import plain
 
 app = typer.Typer(help="Read the write-ahead log.", no_args_is_help=True)
 
@@ -22,7 +23,7 @@ def _line(rec: reader.WalRecord) -> str:
     if rec.envelope is None:
         return f"{where}  UNDECODABLE  {rec.error}"
     env = rec.envelope
-    body = json.dumps(reader.envelope_json(env)["payload"], ensure_ascii=False)
+    body = json.dumps(plain(env.payload), ensure_ascii=False)
     if len(body) > 160:
         body = body[:157] + "..."
     return (

@@ -13,13 +13,16 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from rolebus import endpoints
 from rolebus.config import Settings
+from rolebus.endpoints import Layout
 from rolebus.errors import RolebusError, StackError
 from rolebus.stack import kafka, ports, postgres, probe, procs
 
 Progress = Callable[[str], None]
+Readiness = tuple[bool, str]  # a service's ``ready`` and ``detail``
 
 
 @dataclass(frozen=True)
@@ -45,44 +48,46 @@ class LocalStack:
         self.data_dir = settings.data_dir.resolve()
 
     # --- layout ---------------------------------------------------------------
+    # Each operation reads stack.json once and passes the layout down; without
+    # one, nodes() and pg() read it themselves.
 
-    def _layout(self, key: str) -> int:
-        """A port or count as recorded by the last ``up`` (settings before any)."""
-        recorded = endpoints.read_stack_file(self.data_dir)
-        return int(recorded.get(key, getattr(self.settings, key)))
+    def _layout(self) -> Layout:
+        return endpoints.layout(self.settings, endpoints.read_stack_file(self.data_dir))
 
-    def nodes(self) -> list[kafka.KafkaNode]:
-        port, ctl = self._layout("kafka_port"), self._layout("kafka_controller_port")
+    def nodes(self, lay: Layout | None = None) -> list[kafka.KafkaNode]:
+        lay = lay or self._layout()
+        port, ctl = lay.kafka_port, lay.kafka_controller_port
         return [
             kafka.KafkaNode(i + 1, port + i, ctl + i, self.data_dir / f"kafka-{i + 1}")
-            for i in range(self._layout("brokers"))
+            for i in range(lay.brokers)
         ]
 
-    def pg(self) -> postgres.PgNode:
-        return postgres.PgNode(self._layout("pg_port"), self.data_dir / "postgres")
+    def pg(self, lay: Layout | None = None) -> postgres.PgNode:
+        return postgres.PgNode((lay or self._layout()).pg_port, self.data_dir / "postgres")
 
-    def _check_moves(self) -> None:
+    def _check_moves(self, lay: Layout) -> None:
         """Refuse to re-port a running stack: its clients would lose it."""
         s = self.settings
-        kafka_up = any(procs.inspect(n.pid_file, str(n.config_file)).alive for n in self.nodes())
-        pg = self.pg()
+        nodes = self.nodes(lay)
+        kafka_up = any(procs.inspect(n.pid_file, str(n.config_file)).alive for n in nodes)
+        pg = self.pg(lay)
         moves = [
             ("ROLEBUS_KAFKA_PORT", "kafka_port", kafka_up),
             ("ROLEBUS_KAFKA_CONTROLLER_PORT", "kafka_controller_port", kafka_up),
             ("ROLEBUS_PG_PORT", "pg_port", procs.inspect(pg.pid_file, str(pg.pgdata)).alive),
         ]
         for setting, key, running in moves:
-            if running and self._layout(key) != getattr(s, key):
+            if running and getattr(lay, key) != getattr(s, key):
                 raise StackError(
                     f"{setting}: the stack in {self.data_dir} is running on port "
-                    f"{self._layout(key)}, not {getattr(s, key)}; run `rolebus stack down` "
+                    f"{getattr(lay, key)}, not {getattr(s, key)}; run `rolebus stack down` "
                     "before moving it, or drop the setting"
                 )
 
-    def _record(self) -> str:
-        """Check, then create or update stack.json; return the cluster id."""
-        self._check_moves()
-        recorded = endpoints.read_stack_file(self.data_dir)
+    def _record(self, lay: Layout, recorded: dict[str, Any]) -> tuple[str, Layout]:
+        """Check, then create or update stack.json (``recorded`` is its content);
+        return the cluster id and the layout now recorded."""
+        self._check_moves(lay)
         if recorded and recorded.get("brokers") != self.settings.brokers:
             raise StackError(
                 f"data folder {self.data_dir} holds a {recorded.get('brokers')}-broker cluster; "
@@ -100,34 +105,38 @@ class LocalStack:
         except OSError as exc:
             raise StackError(f"ROLEBUS_DATA_DIR: cannot create {self.data_dir}: {exc}") from exc
         (self.data_dir / endpoints.STACK_FILE).write_text(json.dumps(record, indent=2) + "\n")
-        return cluster_id
+        return cluster_id, endpoints.layout(self.settings, record)
 
     # --- up -------------------------------------------------------------------
 
     def up(self) -> list[ServiceStatus]:
         started = time.monotonic()
-        ends = endpoints.resolve(self.settings)
+        recorded = endpoints.read_stack_file(self.data_dir)
+        lay = endpoints.layout(self.settings, recorded)
+        ends = endpoints.resolve(self.settings, lay)
+        kafka_ok: Readiness | None = None
+        pg_ok: Readiness | None = None
         # External services first: fail fast before starting anything local.
         if ends.kafka_external:
-            self._ready_kafka(ends)
+            kafka_ok = self._ready_kafka(ends, lay)
         if ends.pg_external:
-            self._ready_pg(ends)
+            pg_ok = self._ready_pg(ends)
         if not (ends.kafka_external and ends.pg_external):
-            cluster_id = self._record()
+            cluster_id, lay = self._record(lay, recorded)
             if not ends.kafka_external:
-                self._start_kafka(cluster_id)
+                self._start_kafka(cluster_id, lay)
             if not ends.pg_external:
-                self._start_pg()
-        ends = endpoints.resolve(self.settings)
+                self._start_pg(lay)
+        ends = endpoints.resolve(self.settings, lay)
         if not ends.kafka_external:
-            self._ready_kafka(ends)
+            kafka_ok = self._ready_kafka(ends, lay)
         if not ends.pg_external:
-            self._ready_pg(ends)
+            pg_ok = self._ready_pg(ends)
         self.progress(f"stack ready in {time.monotonic() - started:.1f}s")
-        return self.status(probe_timeout_s=self.settings.connect_timeout_s)
+        return self._statuses(lay, ends, self.settings.connect_timeout_s, kafka_ok, pg_ok)
 
-    def _start_kafka(self, cluster_id: str) -> None:
-        nodes = self.nodes()
+    def _start_kafka(self, cluster_id: str, lay: Layout) -> None:
+        nodes = self.nodes(lay)
         todo = [n for n in nodes if not self._running(n.pid_file, str(n.config_file), n.node_id)]
         if not todo:
             self.progress("kafka: already running")
@@ -147,16 +156,17 @@ class LocalStack:
             procs.write_pid(node.pid_file, pid)
             self.progress(f"kafka-{node.node_id}: started (pid {pid}, 127.0.0.1:{node.port})")
 
-    def _start_pg(self) -> None:
-        node = self.pg()
+    def _start_pg(self, lay: Layout) -> None:
+        node = self.pg(lay)
         if self._running(node.pid_file, str(node.pgdata), "postgres"):
             self.progress("postgres: already running")
             return
         _check_port_free(node.port, "ROLEBUS_PG_PORT")
         if not (node.pgdata / "PG_VERSION").exists():
             self.progress("postgres: initdb")
-        postgres.init(node)
-        postgres.start(node, self.settings.connect_timeout_s * 3)
+        user = postgres.prepare(node)
+        postgres.init(node, user)
+        postgres.start(node, self.settings.connect_timeout_s * 3, user)
         self.progress(f"postgres: started (127.0.0.1:{node.port})")
 
     def _running(self, pid_file: Path, marker: str, name: object) -> bool:
@@ -166,23 +176,24 @@ class LocalStack:
             pid_file.unlink(missing_ok=True)
         return state.alive
 
-    def _ready_kafka(self, ends: endpoints.Endpoints) -> None:
+    def _ready_kafka(self, ends: endpoints.Endpoints, lay: Layout) -> Readiness:
         """Local brokers get time to boot and a write round trip; an external
         cluster must answer within connect_timeout_s and is never written to here."""
         local, timeout = not ends.kafka_external, self.settings.connect_timeout_s
         try:
             health = asyncio.run(probe.kafka_ready(
-                ends.kafka_bootstrap, len(self.nodes()) if local else 1,
+                ends.kafka_bootstrap, lay.brokers if local else 1,
                 max(90.0, timeout) if local else timeout, round_trip=local,
             ))  # fmt: skip
         except RolebusError as exc:
             if local:
-                raise StackError(f"local kafka: {exc}\n{self._kafka_logs()}") from exc
-            raise StackError(f"ROLEBUS_KAFKA_BOOTSTRAP={ends.kafka_bootstrap}: {exc}") from exc
+                raise StackError(f"local kafka: {exc}\n{self._kafka_logs(lay)}") from exc
+            raise StackError(f"{endpoints.bootstrap_origin(ends)}: {exc}") from exc
         what = "local" if local else "external (nothing local started)"
         self.progress(f"kafka: {what}, {health.brokers} broker(s) ready")
+        return True, _kafka_detail(health, round_trip=local)
 
-    def _ready_pg(self, ends: endpoints.Endpoints) -> None:
+    def _ready_pg(self, ends: endpoints.Endpoints) -> Readiness:
         local, timeout = not ends.pg_external, self.settings.connect_timeout_s
         origin = "local postgres" if local else "ROLEBUS_PG_DSN"
         pg = probe.pg_ready(
@@ -190,10 +201,11 @@ class LocalStack:
         )
         what = "local" if local else "external (nothing local started)"
         self.progress(f"postgres: {what}, {pg.server_version} ready, pgvector {pg.vector_version}")
+        return True, _pg_detail(pg)
 
-    def _kafka_logs(self) -> str:
+    def _kafka_logs(self, lay: Layout) -> str:
         parts = []
-        for node in self.nodes():
+        for node in self.nodes(lay):
             alive = procs.inspect(node.pid_file, str(node.config_file)).alive
             if not alive:
                 parts.append(
@@ -204,35 +216,51 @@ class LocalStack:
     # --- down / status -----------------------------------------------------------
 
     def down(self) -> list[str]:
+        lay = self._layout()
         stopped = []
         running = []
-        for node in self.nodes():
+        for node in self.nodes(lay):
             state = procs.inspect(node.pid_file, str(node.config_file))
             if state.alive and state.pid is not None:
                 running.append((f"kafka-{node.node_id}", state.pid))
         graceful = procs.terminate_all([pid for _, pid in running], 60)
         for (name, _), ok in zip(running, graceful, strict=True):
             stopped.append(name if ok else f"{name} (killed)")
-        for node in self.nodes():
+        for node in self.nodes(lay):
             node.pid_file.unlink(missing_ok=True)
-        pg = self.pg()
+        pg = self.pg(lay)
         if procs.inspect(pg.pid_file, str(pg.pgdata)).alive:
             ok = postgres.stop(pg)
             stopped.append("postgres" if ok else "postgres (killed)")
         return stopped
 
     def status(self, probe_timeout_s: float = 5.0) -> list[ServiceStatus]:
-        ends = endpoints.resolve(self.settings)
-        out = [self._kafka_status(node) for node in self.nodes()] if not ends.kafka_external else []
+        lay = self._layout()
+        return self._statuses(lay, endpoints.resolve(self.settings, lay), probe_timeout_s)
+
+    def _statuses(
+        self,
+        lay: Layout,
+        ends: endpoints.Endpoints,
+        probe_timeout_s: float,
+        kafka_ok: Readiness | None = None,
+        pg_ok: Readiness | None = None,
+    ) -> list[ServiceStatus]:
+        """Each service's state; readiness as given (up() just checked it), else probed."""
+        out = [] if ends.kafka_external else [self._kafka_status(n) for n in self.nodes(lay)]
         if ends.kafka_external:
             out.append(ServiceStatus("kafka", ends.kafka_bootstrap, None, False, external=True))
-        pg = self.pg()
+        pg = self.pg(lay)
         if ends.pg_external:
             out.append(ServiceStatus("postgres", "external", None, False, external=True))
         else:
             st = procs.inspect(pg.pid_file, str(pg.pgdata))
             out.append(ServiceStatus("postgres", f"127.0.0.1:{pg.port}", st.pid, st.alive))
-        return _probe_all(out, ends, probe_timeout_s)
+        if kafka_ok is None:
+            kafka_ok = _probe_kafka(ends, out, probe_timeout_s)
+        if pg_ok is None:
+            pg_ok = _probe_pg(ends, out, probe_timeout_s)
+        return _with_readiness(out, kafka_ok, pg_ok)
 
     def _kafka_status(self, node: kafka.KafkaNode) -> ServiceStatus:
         st = procs.inspect(node.pid_file, str(node.config_file))
@@ -241,45 +269,58 @@ class LocalStack:
         )
 
 
-def _probe_all(
-    services: list[ServiceStatus], ends: endpoints.Endpoints, timeout_s: float
+def _with_readiness(
+    services: list[ServiceStatus], kafka_ok: Readiness, pg_ok: Readiness
 ) -> list[ServiceStatus]:
-    """Fill ``ready`` with a real request for every service that should answer."""
-    kafka_ok, kafka_detail = _probe_kafka(ends, services, timeout_s)
-    pg_ok, pg_detail = _probe_pg(ends, services, timeout_s)
+    """Fill ``ready`` and ``detail`` of every service that should answer."""
+    (kafka_ready, kafka_detail), (pg_ready, pg_detail) = kafka_ok, pg_ok
     result = []
     for svc in services:
         if svc.name.startswith("kafka") and (svc.running or svc.external):
-            svc = ServiceStatus(**{**asdict(svc), "ready": kafka_ok, "detail": kafka_detail})
+            svc = ServiceStatus(**{**asdict(svc), "ready": kafka_ready, "detail": kafka_detail})
         elif svc.name == "postgres" and (svc.running or svc.external):
-            svc = ServiceStatus(**{**asdict(svc), "ready": pg_ok, "detail": pg_detail})
+            svc = ServiceStatus(**{**asdict(svc), "ready": pg_ready, "detail": pg_detail})
         result.append(svc)
     return result
 
 
 def _probe_kafka(
     ends: endpoints.Endpoints, services: list[ServiceStatus], timeout_s: float
-) -> tuple[bool, str]:
+) -> Readiness:
     if not any(s.name.startswith("kafka") and (s.running or s.external) for s in services):
         return False, ""
-    expected = 1 if ends.kafka_external else sum(s.name.startswith("kafka") for s in services)
+    local = not ends.kafka_external
+    expected = sum(s.name.startswith("kafka") for s in services) if local else 1
     try:
-        h = asyncio.run(probe.kafka_ready(ends.kafka_bootstrap, expected, timeout_s))
+        # Never write to an external cluster, not even the readiness topic.
+        h = asyncio.run(
+            probe.kafka_ready(ends.kafka_bootstrap, expected, timeout_s, round_trip=local)
+        )
     except RolebusError as exc:
         return False, str(exc)
-    return True, f"{h.brokers} broker(s), round trip {h.round_trip_ms:.0f} ms"
+    return True, _kafka_detail(h, round_trip=local)
+
+
+def _kafka_detail(h: probe.KafkaHealth, *, round_trip: bool) -> str:
+    if not round_trip:
+        return f"{h.brokers} broker(s)"
+    return f"{h.brokers} broker(s), round trip {h.round_trip_ms:.0f} ms"
 
 
 def _probe_pg(
     ends: endpoints.Endpoints, services: list[ServiceStatus], timeout_s: float
-) -> tuple[bool, str]:
+) -> Readiness:
     if not any(s.name == "postgres" and (s.running or s.external) for s in services):
         return False, ""
     try:
         h = probe.pg_ready(ends.pg_dsn, timeout_s)
     except RolebusError as exc:
         return False, str(exc)
-    return True, f"PostgreSQL {h.server_version}, pgvector {h.vector_version}"
+    return True, _pg_detail(h)
+
+
+def _pg_detail(h: probe.PgHealth) -> str:
+    return f"PostgreSQL {h.server_version}, pgvector {h.vector_version}"
 
 
 def _check_port_free(port: int, setting: str) -> None:

@@ -102,12 +102,19 @@ def _run(args: list[str], user: str | None, what: str) -> str:
     return proc.stdout
 
 
-def init(node: PgNode) -> None:
-    """initdb once; an initialised PGDATA keeps its data."""
+def prepare(node: PgNode) -> str | None:
+    """Create the node's folder and return the user to run PostgreSQL as (None:
+    the current user), letting that user reach it. Once per start: as root this
+    chowns PGDATA and walks the whole install tree."""
     node.home.mkdir(parents=True, exist_ok=True)
     user = _run_as()
     if user is not None:
         _open_path_for(user, node.home)
+    return user
+
+
+def init(node: PgNode, user: str | None) -> None:
+    """initdb once; an initialised PGDATA keeps its data. ``user`` from prepare()."""
     if (node.pgdata / "PG_VERSION").exists():
         return
     _run(
@@ -117,10 +124,8 @@ def init(node: PgNode) -> None:
     )  # fmt: skip
 
 
-def start(node: PgNode, timeout_s: float) -> None:
-    user = _run_as()
-    if user is not None:
-        _open_path_for(user, node.home)
+def start(node: PgNode, timeout_s: float, user: str | None) -> None:
+    """Start the server as ``user`` (from prepare(), after init())."""
     opts = f"-c listen_addresses=127.0.0.1 -p {node.port} -c unix_socket_directories=''"
     _run(
         [str(bin_dir() / "pg_ctl"), "-D", str(node.pgdata), "-l", str(node.log_file),

@@ -42,7 +42,9 @@ async def _broker_count(bootstrap: str, timeout_s: float, create_ready_topic: bo
         await admin.start()
         cluster = await admin.describe_cluster()
         brokers = len(cluster["brokers"])
-        if create_ready_topic and READY_TOPIC not in await admin.list_topics():
+        # No existence check first: "already exists" is tolerated below, and the
+        # check would cost one more request per polling round.
+        if create_ready_topic:
             response = await admin.create_topics([NewTopic(READY_TOPIC, 1, min(3, brokers))])
             for topic, code, *_ in response.topic_errors:
                 if code not in (0, TopicAlreadyExistsError.errno):
