@@ -10,7 +10,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
@@ -37,10 +37,12 @@ class Cluster:
     tmp: Path
     workload: Workload
     reader: OutputReader
+    workers: list[WorkerProcess] = field(default_factory=list)
 
     def worker(self, app_id: str, name: str) -> WorkerProcess:
         path = self.tmp / f"{name}.log"
-        return WorkerProcess(self.settings, self.ends, app_id, path, WORKER_ARGS)
+        self.workers.append(WorkerProcess(self.settings, self.ends, app_id, path, WORKER_ARGS))
+        return self.workers[-1]
 
     async def send(self, envelopes: Sequence[Envelope], pause_s: float = 0.0) -> None:
         async with RoleClient(self.settings, "tenant-w", endpoints=self.ends) as client:
@@ -52,7 +54,15 @@ class Cluster:
         """Wait until ``app_id`` published an output for every WAL record; its summary."""
         ref = await harness.reference(self.settings, self.ends)
         expected = harness.reference_summary(ref)
-        await harness.wait_for_keys(self.reader, expected.terminal_keys(), timeout_s, app_id=app_id)
+        keys = expected.terminal_keys()
+        try:
+            await harness.wait_for_keys(self.reader, keys, timeout_s, app_id=app_id)
+        except TimeoutError as exc:  # say what the workers were doing (a CI run has no shell)
+            tails = "\n".join(
+                f"--- {w.log_path.name} ({w.app_id}):\n{w.log_text()[-2500:]}"
+                for w in self.workers if w.app_id == app_id
+            )  # fmt: skip
+            raise TimeoutError(f"{exc}\n{tails}") from None
         got = harness.summarize(o.record for o in self.reader.seen if o.app_id == app_id)
         assert_same(got, expected)
         harness.check_reference_states(got, ref)
