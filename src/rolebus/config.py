@@ -61,6 +61,8 @@ class Settings:
     """Consumer group / faust app id of the stream processors."""
     connect_timeout_s: float = 10.0
     """How long to wait for Kafka or Postgres to answer before failing."""
+    pg_schema: str = "rolebus"
+    """PostgreSQL schema of the context store (a replay rebuilds into another)."""
 
     def env_name(self, field_name: str) -> str:
         return ENV_PREFIX + field_name.upper()
@@ -131,6 +133,21 @@ def _parse_topic_prefix(name: str, raw: Any) -> str:
     return text
 
 
+def _parse_identifier(name: str, raw: Any) -> str:
+    text = str(raw)
+    if (
+        not text
+        or len(text) > 63
+        or not (text[0].isalpha() or text[0] == "_")
+        or not all(c.isalnum() or c == "_" for c in text)
+    ):
+        raise ConfigError(
+            f"{name}: must be a PostgreSQL identifier: 1-63 letters, digits or _, "
+            f"not starting with a digit (got {raw!r})"
+        )
+    return text.lower()
+
+
 def _parse_heap(name: str, raw: Any) -> str:
     text = str(raw).strip().lower()
     if not text[:-1].isdigit() or text[-1] not in "mg":
@@ -166,6 +183,7 @@ _PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "message_window": _positive,
     "app_id": _parse_topic_prefix,
     "connect_timeout_s": _parse_float,
+    "pg_schema": _parse_identifier,
 }
 
 
