@@ -24,7 +24,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
-from typing import LiteralString, cast
 
 import psycopg
 from pgvector.psycopg import register_vector_async
@@ -117,7 +116,7 @@ async def migrate(
         for migration in migrations():
             if migration.version in done:
                 continue
-            await cur.execute(sql.SQL(cast(LiteralString, migration.text)))
+            await cur.execute(sql.SQL(migration.text))  # a packaged file
             await cur.execute(
                 "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
                 (migration.version, migration.name),
