@@ -48,10 +48,10 @@ from rich.table import Table
 from rolebus.config import Settings
 from rolebus.endpoints import Endpoints, resolve
 from rolebus.errors import DecodeError
-from rolebus.streams.batch import WalItem, fold_log, items_by_partition
-from rolebus.streams.harness import WorkerProcess
-from rolebus.streams.state import FoldConfig
-from rolebus.streams.workload import Workload, WorkloadSpec
+from rolebus.streams.core.log import WalItem, fold_log, items_by_partition
+from testkit.harness import WorkerProcess
+from rolebus.streams.core.state import FoldConfig
+from testkit.workload import Workload, WorkloadSpec
 from rolebus.wal import codec, reader, records, topics
 from rolebus.wal.client import RoleClient
 from rolebus.wal.events import WalPosition

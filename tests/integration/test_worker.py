@@ -13,18 +13,18 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaProducer
 from opentelemetry import trace
+from rolebus.streams.snapshots import find_commit
 
 from rolebus.config import Settings
 from rolebus.endpoints import Endpoints, resolve
-from rolebus.streams import harness
-from rolebus.streams.harness import OutputReader, WorkerProcess
-from rolebus.streams.serde import commit_from_record as snapshot_of
-from rolebus.streams.snapshots import find_commit
-from rolebus.streams.state import FoldConfig, state_digest
-from rolebus.streams.workload import Workload, WorkloadSpec
+from rolebus.streams.core.serde import commit_from_record as snapshot_of
+from rolebus.streams.core.state import FoldConfig, state_digest
 from rolebus.wal import codec, records, topics
 from rolebus.wal.client import RoleClient
 from rolebus.wal.events import Envelope, RoleCreated, RoleId, RolledBack
+from testkit import harness
+from testkit.harness import OutputReader, WorkerProcess
+from testkit.workload import Workload, WorkloadSpec
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 

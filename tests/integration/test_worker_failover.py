@@ -17,13 +17,13 @@ import pytest
 
 from rolebus.config import Settings
 from rolebus.endpoints import Endpoints, resolve
-from rolebus.streams import harness
-from rolebus.streams.harness import OutputReader, Summary, WorkerProcess
-from rolebus.streams.state import FoldConfig
-from rolebus.streams.workload import Workload, WorkloadSpec
+from rolebus.streams.core.state import FoldConfig
 from rolebus.wal import records, topics
 from rolebus.wal.client import RoleClient
 from rolebus.wal.events import Envelope
+from testkit import harness
+from testkit.harness import OutputReader, Summary, WorkerProcess
+from testkit.workload import Workload, WorkloadSpec
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.timeout(400)]
 log = logging.getLogger(__name__)

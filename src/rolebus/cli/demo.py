@@ -23,7 +23,7 @@ from rolebus.config import Settings
 from rolebus.endpoints import Endpoints
 from rolebus.errors import StackError, ValidationError
 from rolebus.stack.launcher import LocalStack
-from rolebus.streams.harness import OutputReader, WorkerProcess
+from testkit.harness import OutputReader, WorkerProcess
 from rolebus.wal import reader, topics
 from rolebus.wal.canonical import plain
 from rolebus.wal.client import RoleClient, Sent
