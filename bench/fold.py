@@ -49,12 +49,12 @@ from rolebus.config import Settings
 from rolebus.endpoints import Endpoints, resolve
 from rolebus.errors import DecodeError
 from rolebus.streams.core.log import WalItem, fold_log, items_by_partition
-from testkit.harness import WorkerProcess
 from rolebus.streams.core.state import FoldConfig
-from testkit.workload import Workload, WorkloadSpec
 from rolebus.wal import codec, reader, records, topics
 from rolebus.wal.client import RoleClient
 from rolebus.wal.events import WalPosition
+from testkit.harness import WorkerProcess
+from testkit.workload import Workload, WorkloadSpec
 
 GOAL = 0.4
 
@@ -186,7 +186,7 @@ async def fold_run(
                            ("--batch-size", str(args.batch_size)))  # fmt: skip
     worker.start()
     try:
-        ready = await worker.wait_for_log("tables ready:", 120)
+        ready = await worker.wait_for_log("ready:", 120)
         count = await counter.wait(app_id, expected, args.timeout, worker)
         done = time.monotonic() - worker.started_at
     finally:
@@ -206,11 +206,11 @@ async def restart_run(
     worker = WorkerProcess(settings, ends, app_id, logs / f"{app_id}-restart.log")
     worker.start()
     try:
-        ready = await worker.wait_for_log("tables ready:", 300)
+        ready = await worker.wait_for_log("ready:", 300)
     finally:
         worker.stop()
-    line = next(x for x in worker.log_text().splitlines() if "tables ready:" in x)
-    return {"ready_s": ready, "recovered": line.split("tables ready:")[1].strip()}
+    line = next(x for x in worker.log_text().splitlines() if "ready:" in x)
+    return {"ready_s": ready, "recovered": line.split("ready:")[1].strip()}
 
 
 # --- main ----------------------------------------------------------------------------------

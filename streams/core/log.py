@@ -206,37 +206,83 @@ class LogResult:
 def fold_log(partitions: Mapping[int, Sequence[WalItem]], config: FoldConfig) -> LogResult:
     """Fold whole partitions with the workers' fork semantics (module docstring)."""
     folder = Folder(config)
-    cursors = dict.fromkeys(partitions, 0)
+    cursors = {p: Cursor(items) for p, items in sorted(partitions.items())}
     records: list[OutputRecord] = []
-    while any(cursors[p] < len(items) for p, items in partitions.items()):
-        progressed = False
-        for p in sorted(partitions):
-            progressed = _advance(folder, partitions[p], cursors, p, records) or progressed
-        if not progressed:
-            # Deadlock: every unfinished partition waits for a fork source that no
-            # partition can cut. Fold all those forks at once (refused: unknown commit).
-            for p in sorted(partitions):
-                if cursors[p] < len(partitions[p]):
-                    item = partitions[p][cursors[p]]
-                    records.extend(folder.apply(item, admit(item)).records)
-                    cursors[p] += 1
+    while not all(c.done for c in cursors.values()):
+        advance_all(folder, cursors, records)
+        # Deadlock: every unfinished partition waits for a fork source that no
+        # partition can cut. Fold all those forks at once (refused: unknown commit).
+        for p in blocked_forks(folder, cursors):
+            cursors[p].release(folder, records)
     return LogResult(dict(folder.states), dict(folder.commits), tuple(records))
 
 
-def _advance(
-    folder: Folder, items: Sequence[WalItem], cursors: dict[int, int], p: int,
-    records: list[OutputRecord],
-) -> bool:  # fmt: skip
-    """Fold partition ``p`` until it ends or blocks on a fork; True if it moved."""
-    start = cursors[p]
-    while cursors[p] < len(items):
-        item = items[cursors[p]]
-        admitted = admit(item)
-        if isinstance(admitted, Envelope) and folder.waits_for(admitted) is not None:
-            break
+@dataclass
+class Cursor:
+    """One partition's records, folded in offset order from ``next``."""
+
+    items: Sequence[WalItem]
+    next: int = 0
+    admitted: dict[int, Envelope | RejectionRecord] = field(default_factory=dict)
+    """Admitted items by index (each record is decoded once)."""
+
+    @property
+    def done(self) -> bool:
+        return self.next >= len(self.items)
+
+    def head(self) -> tuple[WalItem, Envelope | RejectionRecord]:
+        return self.items[self.next], self._admit(self.next)
+
+    def pending(self) -> list[Envelope | RejectionRecord]:
+        """Every record not folded yet, admitted (each is decoded once)."""
+        return [self._admit(i) for i in range(self.next, len(self.items))]
+
+    def _admit(self, i: int) -> Envelope | RejectionRecord:
+        found = self.admitted.get(i)
+        if found is None:
+            found = self.admitted[i] = admit(self.items[i])
+        return found
+
+    def waiting_for(self, folder: Folder) -> CommitId | None:
+        """The fork source the head record waits for, if it waits."""
+        if self.done:
+            return None
+        _, admitted = self.head()
+        return folder.waits_for(admitted) if isinstance(admitted, Envelope) else None
+
+    def release(self, folder: Folder, records: list[OutputRecord]) -> None:
+        """Fold the head record now, whatever it waits for."""
+        item, admitted = self.head()
         records.extend(folder.apply(item, admitted).records)
-        cursors[p] += 1
-    return cursors[p] > start
+        self.admitted.pop(self.next, None)
+        self.next += 1
+
+    def advance(self, folder: Folder, records: list[OutputRecord]) -> bool:
+        """Fold until the end or a fork whose source nobody can see; True if it moved."""
+        start = self.next
+        while not self.done and self.waiting_for(folder) is None:
+            self.release(folder, records)
+        return self.next > start
+
+
+def advance_all(folder: Folder, cursors: Mapping[int, Cursor], records: list[OutputRecord]) -> None:
+    """Advance the partitions in turn until none moves (a commit cut in one
+    partition can unblock a fork in another)."""
+    moved = True
+    while moved:
+        moved = False
+        for cursor in cursors.values():
+            moved = cursor.advance(folder, records) or moved
+
+
+def blocked_forks(folder: Folder, cursors: Mapping[int, Cursor]) -> dict[int, CommitId]:
+    """Partition -> the fork source its next record waits for."""
+    out = {}
+    for p, cursor in cursors.items():
+        waiting = cursor.waiting_for(folder)
+        if waiting is not None:
+            out[p] = waiting
+    return out
 
 
 def items_by_partition(items: Iterable[WalItem]) -> dict[int, list[WalItem]]:

@@ -99,8 +99,8 @@ async def test_kill_one_of_two_workers_mid_stream(cluster: Cluster) -> None:
     a, b = cluster.worker(group, "a").start(), cluster.worker(group, "b").start()
     workers = [a, b]
     try:
-        await a.wait_for_log("tables ready:", 60)
-        await b.wait_for_log("tables ready:", 60)
+        await a.wait_for_log("ready:", 60)
+        await b.wait_for_log("ready:", 60)
         flowing = asyncio.create_task(cluster.send(cluster.workload.take(1500), pause_s=0.2))
         await asyncio.sleep(1.5)
         assert not flowing.done(), "the kill must happen while events flow"
@@ -136,7 +136,7 @@ async def restart_all(
     mark = len(cluster.reader.seen) + len(await cluster.reader.poll())
     c, d = cluster.worker(group, "c").start(), cluster.worker(group, "d").start()
     workers += [c, d]
-    ready = [await w.wait_for_log("tables ready:", 90) for w in (c, d)]
+    ready = [await w.wait_for_log("ready:", 90) for w in (c, d)]
     old = {o.record.idempotency_key for o in cluster.reader.seen[:mark]}
     more = cluster.workload.take(300) + cluster.workload.commit_all("after-restart")
     await cluster.send(more)
