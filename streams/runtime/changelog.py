@@ -104,6 +104,8 @@ async def restore(consumer: AIOKafkaConsumer, topic: str, partitions: list[int])
 
     ``consumer`` is a started consumer without a group, used only for this."""
     started = time.monotonic()
+    if not partitions:
+        return Restored({}, 0, 0.0)
     tps = [TopicPartition(topic, p) for p in partitions]
     consumer.assign(tps)
     await consumer.seek_to_beginning(*tps)

@@ -66,6 +66,7 @@ from rolebus.wal.records import CommitRecord, OutputRecord, RejectionRecord
 log = logging.getLogger("rolebus.streams.worker")
 Headers = list[tuple[str, bytes]]
 Restorer = Callable[[list[int]], Awaitable[Restored]]
+INF = float("inf")
 FORK_RECHECK_S = 0.1
 """A partition held back by a fork is read again this often."""
 
@@ -324,9 +325,10 @@ class Worker:
     async def _commit(self, cursors: Mapping[int, Cursor]) -> None:
         done = {p: c.items[c.next - 1].position.offset + 1 for p, c in cursors.items() if c.next}
         for p, held in self._held.items():
-            tp = TopicPartition(self.topics.wal, p)
-            self.consumer.seek(tp, held.offset)
-            self.consumer.pause(tp)
+            if p in cursors and held.resume_at != INF:  # held back by this batch
+                tp = TopicPartition(self.topics.wal, p)
+                self.consumer.seek(tp, held.offset)
+                self.consumer.pause(tp)
         if not done:
             return
         try:
@@ -365,7 +367,7 @@ class Worker:
         if due:
             self.consumer.resume(*(TopicPartition(self.topics.wal, p) for p in due))
             for p in due:
-                self._held[p].resume_at = float("inf")
+                self._held[p].resume_at = INF
 
     # --- progress ----------------------------------------------------------------
 

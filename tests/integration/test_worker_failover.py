@@ -147,3 +147,31 @@ async def restart_all(
     refolded = [r for r in folded if r.idempotency_key in old]
     assert refolded == [], f"restarted workers folded {len(refolded)} old records again"
     assert max(ready) < 60, ready
+
+
+async def test_a_worker_joins_and_another_leaves_under_load(cluster: Cluster) -> None:
+    """Rebalance under load: a third worker joins mid-stream, then one of the
+    first two leaves with SIGTERM; the outputs equal the pure fold and a fresh
+    single worker's, and the worker that left stopped cleanly."""
+    group = f"rb-join-{uuid.uuid4().hex[:8]}"
+    await cluster.send(cluster.workload.take(800))
+    a, b = cluster.worker(group, "a").start(), cluster.worker(group, "b").start()
+    try:
+        await a.wait_for_log("ready:", 60)
+        await b.wait_for_log("ready:", 60)
+        flowing = asyncio.create_task(cluster.send(cluster.workload.take(1500), pause_s=0.15))
+        await asyncio.sleep(1.0)
+        c = cluster.worker(group, "c").start()
+        await c.wait_for_log("ready:", 60)
+        assert not flowing.done(), "the join must happen while events flow"
+        assert a.stop() == 0, a.log_text()[-3000:]
+        await flowing
+        await cluster.send(cluster.workload.commit_all())
+        three = await cluster.settle(group)
+        assert "stopping: the last batch is stored and committed" in a.log_text()
+        fresh = f"rb-single-{uuid.uuid4().hex[:8]}"
+        single = cluster.worker(fresh, "single").start()
+        assert_same(await cluster.settle(fresh), three)
+    finally:
+        for worker in cluster.workers:
+            worker.stop(10)
