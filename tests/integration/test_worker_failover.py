@@ -159,7 +159,7 @@ async def test_a_worker_joins_and_another_leaves_under_load(cluster: Cluster) ->
     try:
         await a.wait_for_log("ready:", 60)
         await b.wait_for_log("ready:", 60)
-        flowing = asyncio.create_task(cluster.send(cluster.workload.take(1500), pause_s=0.15))
+        flowing = asyncio.create_task(cluster.send(cluster.workload.take(2000), pause_s=0.5))
         await asyncio.sleep(1.0)
         c = cluster.worker(group, "c").start()
         await c.wait_for_log("ready:", 60)
@@ -170,7 +170,7 @@ async def test_a_worker_joins_and_another_leaves_under_load(cluster: Cluster) ->
         three = await cluster.settle(group)
         assert "stopping: the last batch is stored and committed" in a.log_text()
         fresh = f"rb-single-{uuid.uuid4().hex[:8]}"
-        single = cluster.worker(fresh, "single").start()
+        cluster.worker(fresh, "single").start()
         assert_same(await cluster.settle(fresh), three)
     finally:
         for worker in cluster.workers:
