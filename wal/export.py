@@ -19,8 +19,8 @@ late. Record time alone neither: a batch sent at once shares one millisecond.)
 
 Refusal rule: import writes only into an EMPTY target WAL. A second import,
 an import on top of live traffic and the retry of a half-finished import all
-find records there and stop; ``force`` appends anyway (the fold skips events
-it already applied by event id, but undecodable records would be doubled).
+find records there and stop; ``force`` appends anyway, without skipping
+records already there (the fold's dedupe by event id is a window, not a set).
 """
 
 from __future__ import annotations
