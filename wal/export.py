@@ -89,7 +89,7 @@ async def export_wal(
     progress: Progress | None = None,
 ) -> Manifest:  # fmt: skip
     """Export the WAL into ``out_dir`` (created; must be empty); the manifest written."""
-    _prepare_out_dir(out_dir)
+    prepare_out_dir(out_dir)
     topic = topics.topic_name(settings, "wal")
     sink = progress or NoProgress()
     async with open_consumer(settings, ends, client_id="rolebus-export") as consumer:
@@ -99,7 +99,7 @@ async def export_wal(
         first = await consumer.beginning_offsets(tps)
         end = await consumer.end_offsets(tps)
         sink.start(sum(end[tp] - first[tp] for tp in tps))
-        with _Files(out_dir) as files:
+        with ExportWriter(out_dir) as files:
             async for rec in _drain(consumer, end):
                 sink.advance(1)
                 files.add(rec, filters)
@@ -108,7 +108,7 @@ async def export_wal(
     return manifest
 
 
-def _prepare_out_dir(out_dir: Path) -> None:
+def prepare_out_dir(out_dir: Path) -> None:
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise ConfigError(f"export folder {out_dir}: exists and is not empty; pick a new folder")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -118,10 +118,7 @@ async def _drain(
     consumer: AIOKafkaConsumer, end: dict[TopicPartition, int]
 ) -> AsyncIterator[WalRecord]:
     """Every record below the end offsets seen at start, decoded."""
-    left = {tp for tp, stop in end.items() if stop > 0}
-    for tp in left:
-        if await consumer.position(tp) >= end[tp]:
-            left.discard(tp)
+    left = {tp for tp, stop in end.items() if await consumer.position(tp) < stop}
     while left:
         try:
             batch = await consumer.getmany(*left, timeout_ms=1000)
@@ -135,8 +132,9 @@ async def _drain(
                 left.discard(tp)
 
 
-class _Files:
-    """One container file per partition, opened on its first record."""
+class ExportWriter:
+    """One container file per partition, opened on its first record; the tallies
+    and time range the manifest reports."""
 
     def __init__(self, out_dir: Path) -> None:
         self.out_dir = out_dir
@@ -147,7 +145,7 @@ class _Files:
         self.first: datetime | None = None
         self.last: datetime | None = None
 
-    def __enter__(self) -> _Files:
+    def __enter__(self) -> ExportWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -238,7 +236,7 @@ def _envelope_schema(manifest: Manifest) -> schema.SchemaVersion:
     return found
 
 
-def _rows(in_dir: Path, manifest: Manifest, stack: ExitStack) -> Iterator[dict[str, Any]]:
+def read_rows(in_dir: Path, manifest: Manifest, stack: ExitStack) -> Iterator[dict[str, Any]]:
     """All rows, each partition in offset order, partitions merged by ``send_order``."""
     readers = []
     for part in manifest.partitions:
@@ -299,7 +297,7 @@ async def _send_rows(
     tallies: dict[int, PartitionTally] = {}
     pending: list[Any] = []
     with ExitStack() as stack:
-        for row in _rows(in_dir, manifest, stack):
+        for row in read_rows(in_dir, manifest, stack):
             p, offset = row["partition"], row["offset"]
             value = archive.record_value(row, envelope)
             headers = [(h["name"], h["value"]) for h in row["headers"]]
@@ -317,8 +315,11 @@ async def _send(
     producer: AIOKafkaProducer, topic: str, row: dict[str, Any], value: bytes,
     headers: list[tuple[str, bytes | None]], marker: bytes,
 ) -> Any:  # fmt: skip
+    # Like RoleClient: skip the aiokafka instrumentation's per-record span (when
+    # installed), which costs more than sending the record.
+    send = getattr(producer.send, "__wrapped__", producer.send)
     try:
-        return await producer.send(
+        return await send(
             topic, value, key=row["key"], headers=[*headers, (archive.IMPORT_HEADER, marker)],
             timestamp_ms=row["timestamp_ms"],
         )  # fmt: skip
