@@ -221,8 +221,6 @@ class PartitionTally:
     undecodable: int = 0
     first_offset: int | None = None
     last_offset: int | None = None
-    sha256: str = ""
-    """SHA-256 of the records' canonical bytes, in offset order."""
     file_sha256: str = ""
     """SHA-256 of the container file (integrity check before import)."""
     _hash: Any = field(default_factory=hashlib.sha256, repr=False)
@@ -236,7 +234,11 @@ class PartitionTally:
         self.first_offset = offset if self.first_offset is None else self.first_offset
         self.last_offset = offset
         self._hash.update(record_digest_bytes(offset, timestamp_ms, key, headers, value))
-        self.sha256 = self._hash.hexdigest()
+
+    @property
+    def sha256(self) -> str:
+        """SHA-256 of the records' canonical bytes, in offset order."""
+        return str(self._hash.hexdigest())
 
     def as_json(self) -> dict[str, Any]:
         return {

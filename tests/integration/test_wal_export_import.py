@@ -177,7 +177,7 @@ async def test_round_trip_across_partition_counts(rig: Rig, tmp_path: Path, run_
     assert len(await rig.records(target)) == 2 * len(source)
 
 
-async def test_export_filters_and_any_avro_reader(rig: Rig, tmp_path: Path) -> None:
+async def test_export_filters_and_any_avro_reader(rig: Rig, tmp_path: Path, run_cli: Cli) -> None:
     envelopes = workloads(rig)
     await rig.send(envelopes)
     await rig.send_raw(GARBAGE)
@@ -208,3 +208,13 @@ async def test_export_filters_and_any_avro_reader(rig: Rig, tmp_path: Path) -> N
             r.envelope.occurred_at for r in source if r.envelope and r.envelope.event_id in wanted
         ).isoformat()
     )
+
+    # The command line gives the same export (a time without a zone is UTC).
+    naive = since.replace(tzinfo=None).isoformat()
+    args = ["--tenant", "tenant-b", "--from", naive, "--until", until.isoformat(), "--json"]
+    cli = run_cli("wal", "export", "--to", str(tmp_path / "c"), *args, env=rig.env(rig.settings))
+    assert cli.returncode == 0, cli.stderr
+    assert json.loads(cli.stdout)["content_sha256"] == manifest.content_sha256
+    bad = run_cli("wal", "export", "--to", str(tmp_path / "d"), "--from", "yesterday",
+                  env=rig.env(rig.settings))  # fmt: skip
+    assert bad.returncode == 2 and "--from: 'yesterday' is not an ISO-8601 time" in bad.stderr
