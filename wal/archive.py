@@ -240,13 +240,27 @@ class PartitionTally:
         """SHA-256 of the records' canonical bytes, in offset order."""
         return str(self._hash.hexdigest())
 
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "partition": self.partition, "file": file_name(self.partition),
-            "records": self.records, "undecodable": self.undecodable,
-            "first_offset": self.first_offset, "last_offset": self.last_offset,
-            "sha256": self.sha256, "file_sha256": self.file_sha256,
-        }  # fmt: skip
+    def entry(self) -> FileEntry:
+        return FileEntry(
+            self.partition, file_name(self.partition), self.records, self.undecodable,
+            self.first_offset, self.last_offset, self.sha256, self.file_sha256,
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """One container file of an export, as the manifest lists it."""
+
+    partition: int
+    file: str
+    records: int
+    undecodable: int
+    first_offset: int | None
+    last_offset: int | None
+    sha256: str
+    """SHA-256 of the records' canonical bytes (``record_digest_bytes``), in offset order."""
+    file_sha256: str
+    """SHA-256 of the file itself."""
 
 
 def content_sha256(tallies: Mapping[int, str]) -> str:
@@ -265,7 +279,7 @@ class Manifest:
     envelope_version: int
     envelope_fingerprint: str
     filters: dict[str, str | None]
-    partitions: list[dict[str, Any]]
+    partitions: tuple[FileEntry, ...]
     records: int
     undecodable: int
     filtered_out: int
@@ -286,6 +300,7 @@ class Manifest:
                     f"{origin}: format {data.get('format')!r} is not {FORMAT!r} (export "
                     "written by another rolebus version; import it with that version)"
                 )
-            return cls(**data)
-        except (ValueError, TypeError, AttributeError) as exc:
+            files = tuple(FileEntry(**entry) for entry in data.pop("partitions"))
+            return cls(partitions=files, **data)
+        except (ValueError, TypeError, AttributeError, KeyError) as exc:
             raise ConfigError(f"{origin}: not a rolebus export manifest ({exc})") from exc

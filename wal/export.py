@@ -180,7 +180,7 @@ class ExportWriter:
             export_id=str(uuid.uuid4()), source_topic=topic,
             source_partitions=source_partitions, envelope_version=current.version,
             envelope_fingerprint=current.fingerprint_hex, filters=filters.as_json(),
-            partitions=[t.as_json() for t in tallies],
+            partitions=tuple(t.entry() for t in tallies),
             records=sum(t.records for t in tallies),
             undecodable=sum(t.undecodable for t in tallies), filtered_out=self.filtered_out,
             time_range={"first": archive.iso(self.first),
@@ -216,8 +216,8 @@ def read_manifest(in_dir: Path) -> Manifest:
         )
     manifest = Manifest.from_json(path.read_text(encoding="utf-8"), str(path))
     for part in manifest.partitions:
-        found = in_dir / part["file"]
-        if not found.is_file() or _file_sha256(found) != part["file_sha256"]:
+        found = in_dir / part.file
+        if not found.is_file() or _file_sha256(found) != part.file_sha256:
             raise DecodeError(
                 f"{found}: missing or its SHA-256 differs from {archive.MANIFEST}; the export "
                 "is damaged: copy it again"
@@ -240,7 +240,7 @@ def read_rows(in_dir: Path, manifest: Manifest, stack: ExitStack) -> Iterator[di
     """All rows, each partition in offset order, partitions merged by ``send_order``."""
     readers = []
     for part in manifest.partitions:
-        fo = stack.enter_context((in_dir / part["file"]).open("rb"))
+        fo = stack.enter_context((in_dir / part.file).open("rb"))
         readers.append(
             fastavro.reader(fo, return_record_name=True, return_record_name_override=True)
         )

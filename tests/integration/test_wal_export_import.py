@@ -197,9 +197,9 @@ async def test_export_filters_and_any_avro_reader(rig: Rig, tmp_path: Path, run_
 
     found = set()
     for part in manifest.partitions:  # Apache avro, not fastavro: any Avro tool reads it
-        with (tmp_path / "b" / part["file"]).open("rb") as fo:
+        with (tmp_path / "b" / part.file).open("rb") as fo:
             for row in avro.datafile.DataFileReader(fo, avro.io.DatumReader()):
-                assert row["partition"] == part["partition"] and row["original"] is None
+                assert row["partition"] == part.partition and row["original"] is None
                 found.add(uuid.UUID(str(row["event"]["event_id"])))
     assert found == wanted
     assert (

@@ -138,7 +138,7 @@ def test_content_hash_covers_every_field() -> None:
         return archive.content_sha256({0: tally.sha256})
 
     base = digest()
-    assert archive.PartitionTally(3).as_json()["file"] == "wal-p0003.avro"
+    assert archive.PartitionTally(3).entry().file == "wal-p0003.avro"
     changed = [
         digest(offset=9), digest(timestamp_ms=9), digest(key=None), digest(key=b""),
         digest(headers=[]), digest(headers=[("h", None)]), digest(headers=[("hv", b"")]),
@@ -173,7 +173,7 @@ def test_manifest_round_trip_and_refusals() -> None:
     manifest = archive.Manifest(
         export_id="e", source_topic="x.wal", source_partitions=4, envelope_version=2,
         envelope_fingerprint=schema.current().fingerprint_hex, filters=Filters().as_json(),
-        partitions=[], records=0, undecodable=0, filtered_out=0,
+        partitions=(archive.PartitionTally(1).entry(),), records=0, undecodable=0, filtered_out=0,
         time_range={"first": None, "last": None}, content_sha256="0", created_at="now",
     )  # fmt: skip
     assert archive.Manifest.from_json(manifest.to_json(), "m") == manifest
@@ -196,7 +196,7 @@ def test_export_folder_round_trip_without_kafka(tmp_path: Path) -> None:
     manifest = files.manifest("x.wal", 4, Filters())
     (out / archive.MANIFEST).write_text(manifest.to_json())
     assert manifest.records == 6 and manifest.undecodable == 2
-    assert [p["partition"] for p in manifest.partitions] == [0, 2]
+    assert [p.partition for p in manifest.partitions] == [0, 2]
 
     assert export.read_manifest(out) == manifest
     with ExitStack() as stack:
