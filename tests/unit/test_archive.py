@@ -215,3 +215,17 @@ def test_export_folder_round_trip_without_kafka(tmp_path: Path) -> None:
     (out / archive.MANIFEST).unlink()
     with pytest.raises(ConfigError, match="unfinished"):
         export.read_manifest(out)
+
+
+def test_send_order_is_record_time_then_event_time() -> None:
+    def row(ts: int, event_us: int | None) -> dict[str, Any]:
+        when = None if event_us is None else {"occurred_at": T0 + timedelta(microseconds=event_us)}
+        return {"timestamp_ms": ts, "event": when}
+
+    base = int(T0.timestamp() * 1_000_000)
+    assert archive.send_order(row(5, 7)) == (5, base + 7)
+    assert archive.send_order(row(5, None)) == (5, 5000)  # no event: record time
+    # One batch shares a millisecond: event time orders it; record time comes first.
+    assert sorted([row(5, 9), row(5, 2), row(4, 99)], key=archive.send_order) == [
+        row(4, 99), row(5, 2), row(5, 9),
+    ]  # fmt: skip
