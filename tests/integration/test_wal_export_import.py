@@ -23,9 +23,8 @@ from aiokafka import AIOKafkaProducer
 
 from rolebus.config import Settings
 from rolebus.endpoints import Endpoints, resolve
-from rolebus.streams.batch import LogResult, WalItem, fold_log, items_by_partition
-from rolebus.streams.state import FoldConfig, state_digest
-from rolebus.streams.workload import Workload, WorkloadSpec
+from rolebus.streams.core.log import LogResult, WalItem, fold_log, items_by_partition
+from rolebus.streams.core.state import FoldConfig, state_digest
 from rolebus.wal import archive, reader, topics
 from rolebus.wal.archive import Filters
 from rolebus.wal.client import RoleClient
@@ -33,6 +32,7 @@ from rolebus.wal.events import Envelope
 from rolebus.wal.export import export_wal
 from rolebus.wal.reader import WalRecord
 from rolebus.wal.records import RejectionRecord
+from testkit.workload import Workload, WorkloadSpec
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 

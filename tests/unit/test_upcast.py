@@ -22,8 +22,8 @@ import pytest
 from fastavro import schemaless_writer
 
 from rolebus.errors import DecodeError
-from rolebus.streams.batch import WalItem, fold_log, items_by_partition
-from rolebus.streams.state import FoldConfig, state_digest
+from rolebus.streams.core.log import WalItem, fold_log, items_by_partition
+from rolebus.streams.core.state import FoldConfig, state_digest
 from rolebus.wal import codec, schema, upcast
 from rolebus.wal.events import (
     Author,
