@@ -1,5 +1,6 @@
 # rolebus: everything a fresh machine needs is installed from here (PyPI via pip,
-# the Kafka jars via Maven at first `stack up`, Compose for the compose check via apt).
+# the Kafka jars via Maven at first `stack up`, Compose for the compose check and
+# chromium for the dashboard page test via apt).
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -23,6 +24,7 @@ demo: $(STAMP)
 ## test: lint, type check and the whole test suite (starts real Kafka + Postgres itself)
 test: $(STAMP)
 	scripts/ensure-compose
+	scripts/ensure-chromium
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy

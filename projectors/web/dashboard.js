@@ -104,7 +104,7 @@ function renderCharts(s) {
   ]);
   draw("chart-messages", "Messages per minute by author",
     Object.keys(s.messages).map((a) => ({ x, y: pick((p) => p.messages[a]), name: a, type: "bar" })),
-    { barmode: "stack" });
+    { barmode: "stack", legend: Object.assign({}, LAYOUT.legend, { traceorder: "normal" }) });
   draw("chart-latency", "Assistant latency (ms)",
     Object.keys(s.latency_ms).map((q) => line(x, pick((p) => p.latency_ms[q]), q)));
   draw("chart-tokens", "Tokens per minute",
@@ -116,7 +116,7 @@ function renderCharts(s) {
   const reasons = Object.keys(s.rejections);
   draw("chart-rejections", "Rejections by reason (window)", [
     { x: reasons.map((r) => s.rejections[r]), y: reasons, type: "bar", orientation: "h", name: "rejections" },
-  ], { margin: { l: 130, r: 15, t: 32, b: 40 } });
+  ], { yaxis: { automargin: true } });
   const kinds = Object.keys(s.lifecycle).concat(["rollbacks"]);
   draw("chart-lifecycle", "Lifecycle transitions (window)", [
     { x: kinds, y: kinds.map((k) => (k === "rollbacks" ? s.rollbacks : s.lifecycle[k])), type: "bar", name: "transitions" },

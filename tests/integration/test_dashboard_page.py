@@ -1,0 +1,462 @@
+"""The dashboard on the real PostgreSQL and in a real headless browser.
+
+A seeded synthetic workload (messages with latencies, tokens and flags,
+lifecycle events, rollbacks, rejections; two tenants; some minutes outside the
+window) is folded HERE into ``agg_minute`` / ``agg_rejections_minute`` rows the
+way the projector writes them, and inserted. ``rolebus dashboard`` runs as a
+subprocess; Debian's chromium loads its page, and every number the page shows
+(its summary table) is compared with figures recomputed from the raw workload,
+not from the code under test. A screenshot is written to
+``$ROLEBUS_SCREENSHOT_DIR`` (default: the test's tmp folder).
+
+chromium comes from ``scripts/ensure-chromium`` (Makefile test target); without
+it the browser test is skipped with that reason (failed under CI=true).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from html.parser import HTMLParser
+from importlib import resources
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from rolebus.config import Settings
+from rolebus.endpoints import resolve
+from rolebus.projectors.aggregates import LATENCY_BUCKETS_MS, bucket_of
+from rolebus.projectors.dashboard import AUTHORS, FLAGS, LIFECYCLE, percentile
+from rolebus.projectors.db import connect, migrate
+from rolebus.stack.ports import free_port_block
+
+pytestmark = [pytest.mark.postgres]
+
+T0 = datetime(2026, 11, 29, 9, 0, tzinfo=UTC)
+WINDOW_MINUTES = 10
+START, END = T0, T0 + timedelta(minutes=WINDOW_MINUTES)
+TENANT = "acme"
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+)
+
+
+# ---------------------------------------------------------------- the workload
+
+
+@dataclass(frozen=True)
+class Event:
+    """One accepted event (a message or another kind) or, with ``reason``, a rejection."""
+
+    tenant: str
+    role: str
+    at: datetime
+    kind: str  # "message", a LIFECYCLE name, "rollbacks", "persona_updates" or "rejected"
+    author: str = ""
+    latency_ms: int | None = None
+    tokens_in: int = 0
+    tokens_out: int = 0
+    flags: tuple[str, ...] = ()
+    lag_ms: int = 0
+    reason: str = ""
+
+
+def workload(seed: int = 9) -> list[Event]:
+    rng = random.Random(seed)
+    roles = {"acme": ["r-nova", "r-orion", "r-vega"], "globex": ["r-zed"]}
+    out: list[Event] = []
+    for tenant, names in roles.items():
+        for role in names:
+            born = T0 + timedelta(seconds=rng.randrange(0, 50))
+            out.append(Event(tenant, role, born, "created", lag_ms=rng.randrange(2, 40)))
+            out.append(Event(tenant, role, born, "activated", lag_ms=rng.randrange(2, 40)))
+    # Minutes before and after the window too (-3 .. +12): the window must cut them.
+    for _ in range(700):
+        tenant = "acme" if rng.random() < 0.8 else "globex"
+        role = rng.choice(roles[tenant])
+        at = T0 + timedelta(seconds=rng.randrange(-180, (WINDOW_MINUTES + 2) * 60))
+        author = rng.choice(("user", "assistant", "assistant", "system", "tool"))
+        assistant = author == "assistant"
+        flags = tuple(f for f in FLAGS if assistant and rng.random() < 0.08)
+        out.append(
+            Event(
+                tenant, role, at, "message", author,
+                latency_ms=int(rng.lognormvariate(6, 0.9)) if assistant else None,
+                tokens_in=rng.randrange(5, 400),
+                tokens_out=rng.randrange(0, 800) if assistant else 0,
+                flags=flags, lag_ms=rng.randrange(1, 250),
+            )
+        )  # fmt: skip
+    for kind, n in (("suspended", 2), ("resumed", 1), ("rollbacks", 3), ("archived", 1)):
+        for _ in range(n):
+            at = T0 + timedelta(seconds=rng.randrange(60, WINDOW_MINUTES * 60))
+            out.append(Event("acme", rng.choice(roles["acme"]), at, kind, lag_ms=5))
+    for reason, n in (("duplicate_event", 7), ("not_active", 4), ("unknown_commit", 2)):
+        for _ in range(n):
+            at = T0 + timedelta(seconds=rng.randrange(0, WINDOW_MINUTES * 60))
+            out.append(Event("acme", rng.choice(roles["acme"]), at, "rejected", reason=reason))
+    return out
+
+
+@dataclass
+class Agg:
+    counts: dict[str, int] = field(default_factory=dict)
+    hist: list[int] = field(default_factory=lambda: [0] * len(LATENCY_BUCKETS_MS))
+    lag_ms_max: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+
+    def add(self, name: str, n: int = 1) -> None:
+        self.counts[name] = self.counts.get(name, 0) + n
+
+
+def fold_aggregates(events: list[Event]) -> dict[tuple[str, str, datetime], Agg]:
+    """The per-minute rows the projector would write for these events."""
+    aggs: dict[tuple[str, str, datetime], Agg] = {}
+    for e in events:
+        agg = aggs.setdefault((e.tenant, e.role, e.at.replace(second=0, microsecond=0)), Agg())
+        if e.kind == "rejected":
+            agg.add("rejections")
+            agg.reasons[e.reason] = agg.reasons.get(e.reason, 0) + 1
+            continue
+        agg.add("events")
+        agg.add("lag_ms_sum", e.lag_ms)
+        agg.add("lag_count")
+        agg.lag_ms_max = max(agg.lag_ms_max, e.lag_ms)
+        if e.kind != "message":
+            agg.add(e.kind)
+            continue
+        agg.add(f"msg_{e.author}")
+        agg.add("tokens_in", e.tokens_in)
+        agg.add("tokens_out", e.tokens_out)
+        for flag in e.flags:
+            agg.add(f"flag_{flag}")
+        if e.latency_ms is not None:
+            agg.hist[bucket_of(e.latency_ms)] += 1
+    return aggs
+
+
+async def insert_aggregates(
+    conn: psycopg.AsyncConnection[tuple[object, ...]], aggs: dict[tuple[str, str, datetime], Agg]
+) -> None:
+    names = sorted({name for agg in aggs.values() for name in agg.counts})
+    columns = ["tenant_id", "role_id", "minute", "latency_hist", "lag_ms_max", *names]
+    insert = sql.SQL("INSERT INTO agg_minute ({}) VALUES ({})").format(
+        sql.SQL(", ").join(map(sql.Identifier, columns)),
+        sql.SQL(", ").join(sql.Placeholder() * len(columns)),
+    )
+    rows = [
+        (t, r, m, agg.hist, agg.lag_ms_max, *(agg.counts.get(n, 0) for n in names))
+        for (t, r, m), agg in aggs.items()
+    ]
+    reasons = [
+        (t, r, m, reason, n) for (t, r, m), agg in aggs.items() for reason, n in agg.reasons.items()
+    ]
+    async with conn.cursor() as cur:
+        await cur.executemany(insert, rows)
+        await cur.executemany(
+            "INSERT INTO agg_rejections_minute (tenant_id, role_id, minute, reason, count)"
+            " VALUES (%s, %s, %s, %s, %s)",
+            reasons,
+        )
+        await cur.executemany(
+            "INSERT INTO roles (tenant_id, role_id, lifecycle, name, persona, seq, created_at,"
+            " updated_at) VALUES (%s, %s, %s, %s, '', 1, %s, %s)",
+            [
+                ("acme", "r-nova", "active", "Nova", T0, T0),
+                ("acme", "r-orion", "suspended", "Orion", T0, T0),
+                ("acme", "r-vega", "active", "Vega", T0, T0),
+                ("globex", "r-zed", "active", "Zed", T0, T0),
+            ],
+        )
+
+
+# ------------------------------------------------ figures recomputed from events
+
+
+def expected(events: list[Event], tenant: str, role: str | None = None) -> dict[str, float | None]:
+    """metric key (as the page's data-metric) -> value, from the raw events."""
+    scope = [
+        e
+        for e in events
+        if e.tenant == tenant and (role is None or e.role == role) and START <= e.at < END
+    ]
+    accepted = [e for e in scope if e.kind != "rejected"]
+    msgs = [e for e in accepted if e.kind == "message"]
+    assistant = [e for e in msgs if e.author == "assistant"]
+    lags = [e.lag_ms for e in accepted]
+    out: dict[str, float | None] = {
+        "events": len(accepted),
+        "qps": len(accepted) / (END - START).total_seconds(),
+        "tokens_in": sum(e.tokens_in for e in msgs),
+        "tokens_out": sum(e.tokens_out for e in msgs),
+        "rollbacks": sum(e.kind == "rollbacks" for e in accepted),
+        "lag_ms_avg": sum(lags) / len(lags),
+        "lag_ms_max": max(lags),
+        "latency_count": len(assistant),
+    }
+    for a in AUTHORS:
+        out[f"messages.{a}"] = sum(e.author == a for e in msgs)
+    for f in FLAGS:
+        out[f"flag_rates.{f}"] = sum(f in e.flags for e in assistant) / len(assistant)
+    for k in LIFECYCLE:
+        out[f"lifecycle.{k}"] = sum(e.kind == k for e in accepted)
+    for e in scope:
+        if e.kind == "rejected":
+            key = f"rejections.{e.reason}"
+            out[key] = (out.get(key) or 0) + 1
+    return out
+
+
+def exact_latencies(events: list[Event], tenant: str) -> list[int]:
+    return sorted(
+        e.latency_ms
+        for e in events
+        if e.tenant == tenant and e.latency_ms is not None and START <= e.at < END
+    )
+
+
+def assert_latencies(shown: dict[str, float | None], latencies: list[int]) -> None:
+    """Each percentile: exactly the summed-histogram estimate, and within the
+    documented bound (the width of the true value's bucket) of the exact one."""
+    hist = [0] * len(LATENCY_BUCKETS_MS)
+    for ms in latencies:
+        hist[bucket_of(ms)] += 1
+    for q in (0.5, 0.95, 0.99):
+        value = shown[f"latency_ms.p{round(q * 100)}"]
+        assert value is not None
+        assert value == pytest.approx(percentile(hist, q))
+        true = latencies[math.ceil(q * len(latencies)) - 1]
+        i = bucket_of(true)
+        width = LATENCY_BUCKETS_MS[i] - (LATENCY_BUCKETS_MS[i - 1] if i else 0)
+        assert abs(value - true) <= width, (q, value, true)
+
+
+# ------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def events() -> list[Event]:
+    return workload()
+
+
+@pytest.fixture
+async def store(settings: Settings, events: list[Event]) -> str:
+    schema = f"t_{uuid.uuid4().hex[:10]}"
+    async with connect(settings, resolve(settings), schema) as conn:
+        await migrate(conn, schema, embedding_dim=8, embedding_model="test-8")
+        await insert_aggregates(conn, fold_aggregates(events))
+        await conn.commit()
+    return schema
+
+
+@dataclass(frozen=True)
+class Server:
+    url: str
+    log: Path
+
+
+@pytest.fixture
+def server(settings: Settings, store: str, tmp_path: Path) -> Iterator[Server]:
+    ends = resolve(settings)
+    port = free_port_block(1)
+    env = {
+        **os.environ,
+        "ROLEBUS_PG_DSN": ends.pg_dsn,
+        "ROLEBUS_KAFKA_BOOTSTRAP": ends.kafka_bootstrap,
+        "ROLEBUS_PG_SCHEMA": store,
+    }
+    log = tmp_path / "dashboard.log"
+    argv = [sys.executable, "-c", "from rolebus.cli import main; main()", "dashboard"]
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [*argv, "--port", str(port), "--tenant", TENANT, "--refresh", "2"],
+            env=env, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        _wait_until_serving(url + "api/summary?minutes=1", proc, log)
+        yield Server(url, log)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def _wait_until_serving(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"rolebus dashboard exited {proc.returncode}:\n{log.read_text()}")
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError):
+            time.sleep(0.2)
+    pytest.fail(f"rolebus dashboard did not answer at {url} within 30 s:\n{log.read_text()}")
+
+
+def get_json(url: str) -> dict[str, object]:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        loaded: dict[str, object] = json.loads(response.read())
+        return loaded
+
+
+WINDOW_QUERY = f"start={START.isoformat()}&end={END.isoformat()}".replace("+00:00", "Z")
+
+
+# ---------------------------------------------------------------------- tests
+
+
+def flatten(data: dict[str, object]) -> dict[str, float | None]:
+    """The summary JSON keyed like the page's data-metric attributes."""
+    out: dict[str, float | None] = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and key not in ("window", "roles_by_state"):
+            out.update({f"{key}.{k}": v for k, v in value.items()})
+        elif isinstance(value, int | float) or value is None:
+            out[key] = value
+    return out
+
+
+@pytest.mark.parametrize("role", [None, "r-orion"])
+def test_api_summary_matches_the_events(
+    server: Server, events: list[Event], role: str | None
+) -> None:
+    query = WINDOW_QUERY + (f"&role={role}" if role else "")
+    data = get_json(server.url + "api/summary?" + query)
+    shown = flatten(data)
+    for key, value in expected(events, TENANT, role).items():
+        assert shown.get(key) == pytest.approx(value), key
+    series = data["series"]
+    assert isinstance(series, list) and len(series) == WINDOW_MINUTES
+    assert sum(p["events"] for p in series) == expected(events, TENANT, role)["events"]
+    if role is None:
+        assert_latencies(shown, exact_latencies(events, TENANT))
+        assert data["roles_by_state"] == {"active": 2, "suspended": 1}
+
+
+def test_api_refuses_another_tenant_and_bad_windows(server: Server) -> None:
+    for query, status in (("tenant=globex", 400), ("start=2026-11-29T09:00:00Z", 400)):
+        with pytest.raises(urllib.error.HTTPError) as caught:
+            get_json(server.url + "api/summary?" + query)
+        assert caught.value.code == status
+        assert "error" in json.loads(caught.value.read())
+
+
+def test_page_assets_are_served_locally(server: Server) -> None:
+    with urllib.request.urlopen(server.url + "static/plotly.min.js", timeout=10) as response:
+        body = response.read()
+    assert body == resources.files("plotly").joinpath("package_data", "plotly.min.js").read_bytes()
+    # Nothing on the page points outside this server (it works offline).
+    for name in ("index.html", "dashboard.js", "dashboard.css"):
+        text = resources.files("rolebus.projectors.web").joinpath(name).read_text()
+        assert "://" not in text, name
+
+
+class MetricCells(HTMLParser):
+    """The summary table's cells: data-metric -> (text, data-value)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cells: dict[str, tuple[str, str]] = {}
+        self.state = ""
+        self._open: tuple[str, str] | None = None
+        self._text = ""
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        found = dict(attrs)
+        if tag == "body":
+            self.state = found.get("data-state") or ""
+        if tag == "td" and found.get("data-metric"):
+            self._open = (found["data-metric"] or "", found.get("data-value") or "")
+            self._text = ""
+
+    def handle_data(self, data: str) -> None:
+        if self._open:
+            self._text += data
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "td" and self._open:
+            self.cells[self._open[0]] = (self._text.strip(), self._open[1])
+            self._open = None
+
+
+def chromium() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found:
+        return found
+    reason = "no chromium on PATH (scripts/ensure-chromium installs Debian's chromium as root)"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+def run_chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    profile = tmp_path / f"chromium-{uuid.uuid4().hex[:8]}"
+    profile.mkdir()
+    argv = [chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+
+
+def shown_number(text: str) -> tuple[float, float]:
+    """The number a cell's text shows and its rounding tolerance (half a unit
+    in the last shown digit); percentages as fractions."""
+    digits = text.removesuffix(" %")
+    decimals = len(digits.partition(".")[2])
+    scale = 100 if text.endswith(" %") else 1
+    return float(digits) / scale, 0.5 * 10**-decimals / scale + 1e-12
+
+
+@pytest.mark.slow
+def test_page_in_headless_chromium_shows_the_recomputed_numbers(
+    server: Server, events: list[Event], tmp_path: Path
+) -> None:
+    page = f"{server.url}?{WINDOW_QUERY}"
+    common = ("--window-size=1500,1250", "--virtual-time-budget=8000")
+    dom = run_chromium(tmp_path, *common, "--dump-dom", page)
+    assert dom.returncode == 0, dom.stderr[-3000:]
+    cells = MetricCells()
+    cells.feed(dom.stdout)
+    assert cells.state == "ready", (
+        f"page state {cells.state!r}; server log:\n{server.log.read_text()}"
+    )
+    assert dom.stdout.count('class="main-svg"') >= 8, "not every chart was drawn"
+
+    want = expected(events, TENANT)
+    for key, value in want.items():
+        assert key in cells.cells, f"{key} not on the page ({sorted(cells.cells)})"
+        text, raw = cells.cells[key]
+        assert float(raw) == pytest.approx(value), key
+        number, tolerance = shown_number(text)
+        assert number == pytest.approx(value, abs=tolerance), (key, text)
+    shown = {k: float(v[1]) for k, v in cells.cells.items() if k.startswith("latency_ms.")}
+    assert_latencies(dict(shown), exact_latencies(events, TENANT))
+    assert cells.cells["roles_by_state.suspended"][0] == "1"
+
+    shots = Path(os.environ.get("ROLEBUS_SCREENSHOT_DIR", tmp_path))
+    shots.mkdir(parents=True, exist_ok=True)
+    target = shots / "dashboard.png"
+    shot = run_chromium(tmp_path, *common, "--hide-scrollbars", f"--screenshot={target}", page)
+    assert shot.returncode == 0, shot.stderr[-3000:]
+    assert target.stat().st_size > 20_000, "screenshot is (nearly) empty"
