@@ -4,6 +4,9 @@
 (one row per minute, never a scan of ``messages``), adds the latency
 histograms element-wise in SQL, reads ``agg_rejections_minute`` by reason and
 the roles' current lifecycle states, and hands them to the pure core.
+``read_totals`` and ``read_tenants_now`` give ``/metrics`` its all-time
+counters per tenant, role and model (a scrape never goes backwards, so they
+sum every minute) and the recent lag.
 
 Invariants: every statement is composed with ``psycopg.sql``; tenant and role
 filters are bound parameters (NULL = all); the connection's search_path is
@@ -12,12 +15,14 @@ the store schema (``rolebus.projectors.db.connect``).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 
 import psycopg
 from psycopg import sql
 
 from rolebus.errors import StoreError
+from rolebus.projectors.aggregates import LATENCY_BUCKETS_MS
 from rolebus.projectors.dashboard import SUMMED, MinuteRow, Summary, Window, summarize
 
 Conn = psycopg.AsyncConnection[tuple[object, ...]]
@@ -121,3 +126,108 @@ async def read_summary(conn: Conn, window: Window) -> Summary:
     """Every dashboard figure over ``window``."""
     rows = await read_rows(conn, window)
     return summarize(window, rows, await _roles_by_state(conn, window))
+
+
+# ------------------------------------------------------------- /metrics totals
+
+_TENANT = sql.SQL("(%(tenant)s::text IS NULL OR a.tenant_id = %(tenant)s)")
+
+
+@dataclass(frozen=True)
+class RoleTotals:
+    """All-time figures of one role (``/metrics`` counters never go backwards)."""
+
+    tenant: str
+    role: str
+    model: str
+    """The role's model from ``roles`` ("" when the role row is not projected yet)."""
+    counts: dict[str, int]
+    hist: list[int]
+    rejections_by_reason: dict[str, int]
+
+
+@dataclass(frozen=True)
+class TenantNow:
+    """A tenant's recent lag and its roles by lifecycle state."""
+
+    tenant: str
+    lag_ms_max: int | None
+    """Largest projection lag of the last ``RECENT`` of event time (None: no events)."""
+    roles_by_state: dict[str, int]
+
+
+RECENT = "5 minutes"
+
+
+async def _role_counts(
+    conn: Conn, tenant: str | None
+) -> dict[tuple[str, str], tuple[str, dict[str, int]]]:
+    query = sql.SQL(
+        "SELECT a.tenant_id, a.role_id, coalesce(max(r.model), ''), {} FROM agg_minute a"
+        " LEFT JOIN roles r ON r.tenant_id = a.tenant_id AND r.role_id = a.role_id"
+        " WHERE {} GROUP BY a.tenant_id, a.role_id"
+    ).format(_SUMS, _TENANT)
+    found = {}
+    for t, r, model, *sums in await _fetch(conn, query, {"tenant": tenant}):
+        counts = {name: int(str(v)) for name, v in zip(SUMMED, sums, strict=True)}
+        found[(str(t), str(r))] = (str(model), counts)
+    return found
+
+
+async def _role_hists(conn: Conn, tenant: str | None) -> dict[tuple[str, str], list[int]]:
+    query = sql.SQL(
+        "SELECT a.tenant_id, a.role_id, h.i, sum(h.c)::bigint FROM agg_minute a,"
+        " unnest(a.latency_hist) WITH ORDINALITY AS h(c, i) WHERE {}"
+        " GROUP BY a.tenant_id, a.role_id, h.i"
+    ).format(_TENANT)
+    hists: dict[tuple[str, str], list[int]] = {}
+    for t, r, index, count in await _fetch(conn, query, {"tenant": tenant}):
+        hist = hists.setdefault((str(t), str(r)), [0] * len(LATENCY_BUCKETS_MS))
+        i = int(str(index)) - 1
+        if i < len(hist):
+            hist[i] = int(str(count))
+    return hists
+
+
+async def _role_rejections(conn: Conn, tenant: str | None) -> dict[tuple[str, str], dict[str, int]]:
+    query = sql.SQL(
+        "SELECT a.tenant_id, a.role_id, a.reason, sum(a.count)::bigint"
+        " FROM agg_rejections_minute a WHERE {} GROUP BY a.tenant_id, a.role_id, a.reason"
+    ).format(_TENANT)
+    found: dict[tuple[str, str], dict[str, int]] = {}
+    for t, r, reason, count in await _fetch(conn, query, {"tenant": tenant}):
+        found.setdefault((str(t), str(r)), {})[str(reason)] = int(str(count))
+    return found
+
+
+async def read_totals(conn: Conn, tenant: str | None = None) -> list[RoleTotals]:
+    """Every role's all-time counters, latency histogram and rejections by reason."""
+    counts = await _role_counts(conn, tenant)
+    hists = await _role_hists(conn, tenant)
+    rejections = await _role_rejections(conn, tenant)
+    totals = []
+    for key in sorted(set(counts) | set(rejections)):
+        model, role_counts = counts.get(key, ("", {}))
+        empty = [0] * len(LATENCY_BUCKETS_MS)
+        totals.append(
+            RoleTotals(*key, model, role_counts, hists.get(key, empty), rejections.get(key, {}))
+        )
+    return totals
+
+
+async def read_tenants_now(conn: Conn, tenant: str | None = None) -> list[TenantNow]:
+    """Per tenant: the recent maximum lag and the roles by lifecycle state."""
+    lag_query = sql.SQL(
+        "SELECT a.tenant_id, max(a.lag_ms_max)::bigint FROM agg_minute a WHERE {}"
+        " AND a.lag_count > 0 AND a.minute >= date_trunc('minute', now()) - {}::interval"
+        " GROUP BY a.tenant_id"
+    ).format(_TENANT, sql.Literal(RECENT))
+    state_query = sql.SQL(
+        "SELECT a.tenant_id, a.lifecycle, count(*) FROM roles a WHERE {}"
+        " GROUP BY a.tenant_id, a.lifecycle"
+    ).format(_TENANT)
+    lags = {str(t): int(str(v)) for t, v in await _fetch(conn, lag_query, {"tenant": tenant})}
+    states: dict[str, dict[str, int]] = {}
+    for t, state, n in await _fetch(conn, state_query, {"tenant": tenant}):
+        states.setdefault(str(t), {})[str(state)] = int(str(n))
+    return [TenantNow(t, lags.get(t), states.get(t, {})) for t in sorted(set(lags) | set(states))]

@@ -6,6 +6,7 @@ Routes:
   ``/api/summary``       ``dashboard.Summary`` as JSON; ``?minutes=N`` (last N
                          minutes, default 60) or ``?start=ISO&end=ISO``, ``&role=R``,
                          ``&tenant=T`` (unless the server is scoped to one tenant)
+  ``/metrics``           Prometheus exposition (``rolebus.projectors.metrics``)
 
 Invariants: nothing is fetched from outside this server (the page works
 offline); every request reads the store afresh through its own connection, so
@@ -23,13 +24,16 @@ from importlib import resources
 from typing import Any
 
 from aiohttp import web
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import CollectorRegistry
 
 from rolebus.config import Settings
 from rolebus.endpoints import Endpoints
 from rolebus.errors import ConfigError, StoreError
 from rolebus.projectors.dashboard import Summary, Window, last_minutes, make_window
-from rolebus.projectors.dashboard_sql import read_summary
+from rolebus.projectors.dashboard_sql import read_summary, read_tenants_now, read_totals
 from rolebus.projectors.db import connect
+from rolebus.projectors.metrics import StoreCollector
 
 WEB_PACKAGE = "rolebus.projectors.web"
 DEFAULT_MINUTES = 60
@@ -128,10 +132,26 @@ async def _summary(request: web.Request) -> web.Response:
     return web.json_response(summary_json(summary), headers={"Cache-Control": "no-store"})
 
 
+async def _metrics(request: web.Request) -> web.Response:
+    config = request.app[CONFIG]
+    try:
+        async with connect(config.settings, config.ends, config.schema, autocommit=True) as conn:
+            totals = await read_totals(conn, config.tenant)
+            tenants = await read_tenants_now(conn, config.tenant)
+    except StoreError as exc:
+        return web.Response(status=503, text=f"rolebus: {exc}\n")
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StoreCollector(totals, tenants))
+    # The scraper's Accept header picks the format and the name escaping.
+    encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+    return web.Response(body=encoder(registry), headers={"Content-Type": content_type})
+
+
 def make_app(config: DashboardConfig) -> web.Application:
     app = web.Application()
     app[CONFIG] = config
     app.router.add_get("/", _index)
     app.router.add_get("/static/{name}", _asset)
     app.router.add_get("/api/summary", _summary)
+    app.router.add_get("/metrics", _metrics)
     return app

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from psycopg import sql
 
 from rolebus.config import Settings
@@ -460,3 +461,33 @@ def test_page_in_headless_chromium_shows_the_recomputed_numbers(
     shot = run_chromium(tmp_path, *common, "--hide-scrollbars", f"--screenshot={target}", page)
     assert shot.returncode == 0, shot.stderr[-3000:]
     assert target.stat().st_size > 20_000, "screenshot is (nearly) empty"
+
+
+def test_metrics_are_the_all_time_totals_of_the_tenant(server: Server, events: list[Event]) -> None:
+    with urllib.request.urlopen(server.url + "metrics", timeout=10) as response:
+        text = response.read().decode()
+    got: dict[tuple[str, str, str], float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            assert s.labels.get("rolebus_tenant_id") == TENANT, s  # scoped: no other tenant
+            extra = s.labels.get("rolebus_flag") or s.labels.get("rolebus_rejection_reason") or ""
+            extra += s.labels.get("gen_ai_token_type", "") + s.labels.get("le", "")
+            key = (s.name, s.labels.get("rolebus_role_id", ""), extra)
+            got[key] = got.get(key, 0) + s.value
+    mine = [e for e in events if e.tenant == TENANT]  # every minute, not only the window
+    for role in {e.role for e in mine}:
+        ev = [e for e in mine if e.role == role]
+        accepted = [e for e in ev if e.kind != "rejected"]
+        assert got[("rolebus_events_total", role, "")] == len(accepted)
+        assert got[("gen_ai_client_token_usage_sum", role, "input")] == sum(e.tokens_in for e in ev)
+        latencies = [e for e in ev if e.latency_ms is not None]
+        duration = "gen_ai_client_operation_duration_seconds_bucket"
+        assert got[(duration, role, "+Inf")] == len(latencies)
+        assert got[(duration, role, "1.0")] == sum(e.latency_ms <= 1000 for e in latencies)
+        flagged = sum("refusal" in e.flags for e in ev)
+        assert got[("rolebus_messages_flagged_total", role, "refusal")] == flagged
+        for reason in {e.reason for e in ev if e.reason}:
+            n = sum(e.reason == reason for e in ev)
+            assert got[("rolebus_rejections_total", role, reason)] == n
+        lag = sum(e.lag_ms for e in accepted) / 1000
+        assert got[("rolebus_projection_lag_seconds_sum", role, "")] == pytest.approx(lag)
