@@ -1,9 +1,7 @@
-"""Embedding inside the projector: the provider interface it needs and the
-retry policy that never loses a message.
+"""Embedding inside the projector: the retry policy that never loses a message.
 
-``Embedder`` is what ``rolebus.projectors.embeddings.load_provider`` returns
-(structural typing: any object with ``name``, ``dim`` and ``embed``).
-``embed_contents`` calls it once per batch; a failing provider is retried a
+``embed_contents`` calls the provider (``rolebus.projectors.embeddings``) once
+per batch; a failing provider is retried a
 few times with backoff, then every text of the batch gets the error instead
 of a vector: the rows are written with ``embedding`` NULL and
 ``embedding_error`` set (``rolebus db reembed`` fills them later).
@@ -18,26 +16,16 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 
 from rolebus.errors import RolebusError
+from rolebus.projectors.embeddings import EmbeddingProvider as Embedder
 
 log = logging.getLogger(__name__)
 
 Vector = npt.NDArray[np.float32]
-
-
-class Embedder(Protocol):
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def dim(self) -> int: ...
-
-    async def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]: ...
 
 
 @dataclass(frozen=True)

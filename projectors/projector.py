@@ -38,7 +38,8 @@ from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 from rolebus.config import Settings
 from rolebus.endpoints import Endpoints
 from rolebus.projectors import db
-from rolebus.projectors.embedder import Embedder, embed_contents
+from rolebus.projectors.embedder import embed_contents
+from rolebus.projectors.embeddings import EmbeddingProvider as Embedder
 from rolebus.projectors.plan import Fetched, decode_batch, plan_batch
 from rolebus.projectors.store import TP, Fenced, Store, Vectored, Written
 from rolebus.wal import topics
@@ -165,9 +166,9 @@ class Projector:
                 return
             for tp, (_, nxt) in spans.items():
                 self.positions[tp] = nxt
-            filled = await self.store.fill_forks() if plan.commits else 0
+            if plan.commits:  # a fork projected before its source commit gets it now
+                await self.store.fill_forks()
         self.stats.add(len(fetched), written)
-        del filled
         await self._commit_kafka()
 
     def _take(
