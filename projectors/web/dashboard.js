@@ -96,31 +96,49 @@ function line(x, y, name, extra) {
   return Object.assign({ x, y, name, type: "scatter", mode: "lines+markers" }, extra || {});
 }
 
+// Whole-minute ticks (about 8 of them) on the time axes: the data is per minute.
+function timeAxis(s) {
+  const minutes = Math.max(1, s.series.length);
+  return { xaxis: { type: "date", tickformat: "%H:%M", dtick: 60000 * Math.ceil(minutes / 8) } };
+}
+
+// Counts never need fractional ticks.
+function countAxis(values, axis) {
+  const most = Math.max(0, ...values);
+  return most <= 10 ? { [axis]: { dtick: 1, rangemode: "tozero" } } : {};
+}
+
 function renderCharts(s) {
   const x = s.series.map((p) => p.minute);
   const pick = (f) => s.series.map(f);
+  const time = timeAxis(s);
   draw("chart-events", "Events per minute", [
     { x, y: pick((p) => p.events), name: "events", type: "bar" },
-  ]);
+  ], time);
   draw("chart-messages", "Messages per minute by author",
     Object.keys(s.messages).map((a) => ({ x, y: pick((p) => p.messages[a]), name: a, type: "bar" })),
-    { barmode: "stack", legend: Object.assign({}, LAYOUT.legend, { traceorder: "normal" }) });
+    Object.assign({ barmode: "stack", legend: Object.assign({}, LAYOUT.legend, { traceorder: "normal" }) }, time));
   draw("chart-latency", "Assistant latency (ms)",
-    Object.keys(s.latency_ms).map((q) => line(x, pick((p) => p.latency_ms[q]), q)));
+    Object.keys(s.latency_ms).map((q) => line(x, pick((p) => p.latency_ms[q]), q)), time);
   draw("chart-tokens", "Tokens per minute",
-    [line(x, pick((p) => p.tokens_in), "in"), line(x, pick((p) => p.tokens_out), "out")]);
+    [line(x, pick((p) => p.tokens_in), "in"), line(x, pick((p) => p.tokens_out), "out")], time);
   draw("chart-flags", "Flag rate per minute (÷ assistant messages, %)",
-    Object.keys(s.flags).map((f) => line(x, pick((p) => (p.messages.assistant ? (100 * p.flags[f]) / p.messages.assistant : null)), f)));
-  draw("chart-lag", "Projection lag (ms)",
-    [line(x, pick((p) => p.lag_ms_avg), "avg"), line(x, pick((p) => p.lag_ms_max), "max")]);
+    Object.keys(s.flags).map((f) => line(x, pick((p) => (p.messages.assistant ? (100 * p.flags[f]) / p.messages.assistant : null)), f)),
+    time);
+  // A minute without projected events has no lag (a gap), not a lag of 0.
+  draw("chart-lag", "Projection lag (ms)", [
+    line(x, pick((p) => p.lag_ms_avg), "avg"),
+    line(x, pick((p) => (p.lag_ms_avg === null ? null : p.lag_ms_max)), "max"),
+  ], time);
   const reasons = Object.keys(s.rejections);
   draw("chart-rejections", "Rejections by reason (window)", [
     { x: reasons.map((r) => s.rejections[r]), y: reasons, type: "bar", orientation: "h", name: "rejections" },
-  ], { yaxis: { automargin: true } });
+  ], Object.assign(countAxis(reasons.map((r) => s.rejections[r]), "xaxis"), { yaxis: { automargin: true } }));
   const kinds = Object.keys(s.lifecycle).concat(["rollbacks"]);
+  const transitions = kinds.map((k) => (k === "rollbacks" ? s.rollbacks : s.lifecycle[k]));
   draw("chart-lifecycle", "Lifecycle transitions (window)", [
-    { x: kinds, y: kinds.map((k) => (k === "rollbacks" ? s.rollbacks : s.lifecycle[k])), type: "bar", name: "transitions" },
-  ]);
+    { x: kinds, y: transitions, type: "bar", name: "transitions" },
+  ], countAxis(transitions, "yaxis"));
 }
 
 function renderScope(s) {

@@ -15,6 +15,7 @@ it the browser test is skipped with that reason (failed under CI=true).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import os
@@ -27,11 +28,13 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -44,6 +47,9 @@ from rolebus.projectors.aggregates import LATENCY_BUCKETS_MS, bucket_of
 from rolebus.projectors.dashboard import AUTHORS, FLAGS, LIFECYCLE, percentile
 from rolebus.projectors.db import connect, migrate
 from rolebus.stack.ports import free_port_block
+from rolebus.streams.harness import WorkerProcess, worker_env
+from rolebus.wal import topics
+from rolebus.wal.client import RoleClient
 
 pytestmark = [pytest.mark.postgres]
 
@@ -195,12 +201,18 @@ async def insert_aggregates(
 # ------------------------------------------------ figures recomputed from events
 
 
-def expected(events: list[Event], tenant: str, role: str | None = None) -> dict[str, float | None]:
+def expected(
+    events: list[Event],
+    tenant: str,
+    role: str | None = None,
+    start: datetime = START,
+    end: datetime = END,
+) -> dict[str, float | None]:
     """metric key (as the page's data-metric) -> value, from the raw events."""
     scope = [
         e
         for e in events
-        if e.tenant == tenant and (role is None or e.role == role) and START <= e.at < END
+        if e.tenant == tenant and (role is None or e.role == role) and start <= e.at < end
     ]
     accepted = [e for e in scope if e.kind != "rejected"]
     msgs = [e for e in accepted if e.kind == "message"]
@@ -208,7 +220,7 @@ def expected(events: list[Event], tenant: str, role: str | None = None) -> dict[
     lags = [e.lag_ms for e in accepted]
     out: dict[str, float | None] = {
         "events": len(accepted),
-        "qps": len(accepted) / (END - START).total_seconds(),
+        "qps": len(accepted) / (end - start).total_seconds(),
         "tokens_in": sum(e.tokens_in for e in msgs),
         "tokens_out": sum(e.tokens_out for e in msgs),
         "rollbacks": sum(e.kind == "rollbacks" for e in accepted),
@@ -229,11 +241,13 @@ def expected(events: list[Event], tenant: str, role: str | None = None) -> dict[
     return out
 
 
-def exact_latencies(events: list[Event], tenant: str) -> list[int]:
+def exact_latencies(
+    events: list[Event], tenant: str, start: datetime = START, end: datetime = END
+) -> list[int]:
     return sorted(
         e.latency_ms
         for e in events
-        if e.tenant == tenant and e.latency_ms is not None and START <= e.at < END
+        if e.tenant == tenant and e.latency_ms is not None and start <= e.at < end
     )
 
 
@@ -277,21 +291,21 @@ class Server:
     log: Path
 
 
-@pytest.fixture
-def server(settings: Settings, store: str, tmp_path: Path) -> Iterator[Server]:
+@contextmanager
+def dashboard(settings: Settings, schema: str, tenant: str, log: Path) -> Iterator[Server]:
+    """``rolebus dashboard --tenant T`` as a subprocess on a free port, until exit."""
     ends = resolve(settings)
     port = free_port_block(1)
     env = {
         **os.environ,
         "ROLEBUS_PG_DSN": ends.pg_dsn,
         "ROLEBUS_KAFKA_BOOTSTRAP": ends.kafka_bootstrap,
-        "ROLEBUS_PG_SCHEMA": store,
+        "ROLEBUS_PG_SCHEMA": schema,
     }
-    log = tmp_path / "dashboard.log"
     argv = [sys.executable, "-c", "from rolebus.cli import main; main()", "dashboard"]
     with log.open("w") as out:
         proc = subprocess.Popen(
-            [*argv, "--port", str(port), "--tenant", TENANT, "--refresh", "2"],
+            [*argv, "--port", str(port), "--tenant", tenant, "--refresh", "2"],
             env=env, stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
     url = f"http://127.0.0.1:{port}/"
@@ -301,6 +315,12 @@ def server(settings: Settings, store: str, tmp_path: Path) -> Iterator[Server]:
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+@pytest.fixture
+def server(settings: Settings, store: str, tmp_path: Path) -> Iterator[Server]:
+    with dashboard(settings, store, TENANT, tmp_path / "dashboard.log") as running:
+        yield running
 
 
 def _wait_until_serving(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
@@ -429,13 +449,12 @@ def shown_number(text: str) -> tuple[float, float]:
     return float(digits) / scale, 0.5 * 10**-decimals / scale + 1e-12
 
 
-@pytest.mark.slow
-def test_page_in_headless_chromium_shows_the_recomputed_numbers(
-    server: Server, events: list[Event], tmp_path: Path
-) -> None:
-    page = f"{server.url}?{WINDOW_QUERY}"
-    common = ("--window-size=1500,1250", "--virtual-time-budget=8000")
-    dom = run_chromium(tmp_path, *common, "--dump-dom", page)
+COMMON = ("--window-size=1500,1250", "--virtual-time-budget=8000")
+
+
+def read_page(tmp_path: Path, server: Server, page: str) -> MetricCells:
+    """The page after its scripts ran, in headless chromium: its metric cells."""
+    dom = run_chromium(tmp_path, *COMMON, "--dump-dom", page)
     assert dom.returncode == 0, dom.stderr[-3000:]
     cells = MetricCells()
     cells.feed(dom.stdout)
@@ -443,24 +462,40 @@ def test_page_in_headless_chromium_shows_the_recomputed_numbers(
         f"page state {cells.state!r}; server log:\n{server.log.read_text()}"
     )
     assert dom.stdout.count('class="main-svg"') >= 8, "not every chart was drawn"
+    return cells
 
-    want = expected(events, TENANT)
+
+def assert_page_shows(cells: MetricCells, want: dict[str, float | None]) -> None:
+    """Each wanted figure is on the page: raw value equal, text rounded from it."""
     for key, value in want.items():
         assert key in cells.cells, f"{key} not on the page ({sorted(cells.cells)})"
         text, raw = cells.cells[key]
         assert float(raw) == pytest.approx(value), key
         number, tolerance = shown_number(text)
         assert number == pytest.approx(value, abs=tolerance), (key, text)
+
+
+def screenshot(tmp_path: Path, page: str, name: str) -> Path:
+    shots = Path(os.environ.get("ROLEBUS_SCREENSHOT_DIR", tmp_path))
+    shots.mkdir(parents=True, exist_ok=True)
+    target = shots / name
+    shot = run_chromium(tmp_path, *COMMON, "--hide-scrollbars", f"--screenshot={target}", page)
+    assert shot.returncode == 0, shot.stderr[-3000:]
+    assert target.stat().st_size > 20_000, "screenshot is (nearly) empty"
+    return target
+
+
+@pytest.mark.slow
+def test_page_in_headless_chromium_shows_the_recomputed_numbers(
+    server: Server, events: list[Event], tmp_path: Path
+) -> None:
+    page = f"{server.url}?{WINDOW_QUERY}"
+    cells = read_page(tmp_path, server, page)
+    assert_page_shows(cells, expected(events, TENANT))
     shown = {k: float(v[1]) for k, v in cells.cells.items() if k.startswith("latency_ms.")}
     assert_latencies(dict(shown), exact_latencies(events, TENANT))
     assert cells.cells["roles_by_state.suspended"][0] == "1"
-
-    shots = Path(os.environ.get("ROLEBUS_SCREENSHOT_DIR", tmp_path))
-    shots.mkdir(parents=True, exist_ok=True)
-    target = shots / "dashboard.png"
-    shot = run_chromium(tmp_path, *common, "--hide-scrollbars", f"--screenshot={target}", page)
-    assert shot.returncode == 0, shot.stderr[-3000:]
-    assert target.stat().st_size > 20_000, "screenshot is (nearly) empty"
+    screenshot(tmp_path, page, "dashboard.png")
 
 
 def test_metrics_are_the_all_time_totals_of_the_tenant(server: Server, events: list[Event]) -> None:
@@ -491,3 +526,110 @@ def test_metrics_are_the_all_time_totals_of_the_tenant(server: Server, events: l
             assert got[("rolebus_rejections_total", role, reason)] == n
         lag = sum(e.lag_ms for e in accepted) / 1000
         assert got[("rolebus_projection_lag_seconds_sum", role, "")] == pytest.approx(lag)
+
+
+# ------------------------------------------- end to end: worker + projector
+
+
+async def send_conversation(client: RoleClient, tenant: str, seed: int = 3) -> list[Event]:
+    """A short scripted conversation through the SDK; the same as ``Event``s."""
+    rng = random.Random(seed)
+    out: list[Event] = []
+
+    def note(kind: str, role: str, **fields: Any) -> None:
+        out.append(Event(tenant, role, datetime.now(UTC), kind, **fields))
+
+    for role in ("r-a", "r-b"):
+        await client.append_message(role, "user", "too early")  # refused: no such role yet
+        note("rejected", role, reason="unknown_role")
+        await client.create_role(role.upper(), "A support agent.", role_id=role, model="m-1")
+        note("created", role)
+        await client.activate(role)
+        note("activated", role)
+    for turn in range(20):
+        role = ("r-a", "r-b")[turn % 2]
+        t_in = rng.randrange(5, 50)
+        await client.append_message(role, "user", f"question {turn}", tokens_in=t_in)
+        note("message", role, author="user", tokens_in=t_in)
+        latency, t_out = rng.randrange(20, 3000), rng.randrange(10, 300)
+        flags = ("hallucination",) if turn % 7 == 3 else ()
+        await client.append_message(
+            role, "assistant", f"answer {turn}", latency_ms=latency, tokens_out=t_out,
+            flags=flags,
+        )  # fmt: skip
+        note("message", role, author="assistant", latency_ms=latency, tokens_out=t_out, flags=flags)
+    await client.suspend("r-b")
+    note("suspended", "r-b")
+    await client.resume("r-a")  # refused: r-a is active
+    note("rejected", "r-a", reason="transition_not_allowed")
+    return out
+
+
+async def _until_projected(
+    settings: Settings, schema: str, want: tuple[int, int], logs: list[Path]
+) -> None:
+    """Until the store's aggregates count ``want`` = (accepted events, rejections)."""
+    deadline = time.monotonic() + 120
+    seen: object = None
+    while time.monotonic() < deadline:
+        try:
+            async with connect(settings, resolve(settings), schema, autocommit=True) as conn:
+                cur = await conn.execute(
+                    "SELECT (SELECT coalesce(sum(events), 0) FROM agg_minute),"
+                    " (SELECT coalesce(sum(count), 0) FROM agg_rejections_minute)"
+                )
+                seen = await cur.fetchone()
+        except Exception:  # the projector has not migrated the schema yet
+            seen = None
+        if seen == want:
+            return
+        await asyncio.sleep(0.3)
+    tails = "\n".join(log.read_text(errors="replace")[-2500:] for log in logs)
+    pytest.fail(f"store shows (events, rejections) = {seen}, want {want}\n{tails}")
+
+
+@pytest.mark.kafka
+@pytest.mark.slow
+async def test_end_to_end_worker_projector_page(settings: Settings, tmp_path: Path) -> None:
+    """SDK -> WAL -> worker -> output topics -> ``rolebus project`` -> store ->
+    ``rolebus dashboard`` -> chromium: the page shows what was sent."""
+    ends = resolve(settings)
+    mine = replace(settings, data_dir=tmp_path / "data")
+    await topics.ensure(mine, ends)
+    app_id, schema, tenant = f"rb-dash-{uuid.uuid4().hex[:8]}", f"t_{uuid.uuid4().hex[:10]}", "e2e"
+    worker = WorkerProcess(mine, ends, app_id, tmp_path / "worker.log").start()
+    env = {**worker_env(mine, ends, app_id), "ROLEBUS_PG_SCHEMA": schema}
+    plog = tmp_path / "projector.log"
+    with plog.open("wb") as out:
+        projector = subprocess.Popen(
+            [sys.executable, "-c", "from rolebus.cli import main; main()", "project",
+             "--group", f"{app_id}-projector"],
+            env=env, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        start = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=2)
+        async with RoleClient(mine, tenant) as client:
+            sent = await send_conversation(client, tenant)
+        accepted = sum(e.kind != "rejected" for e in sent)
+        want_counts = (accepted, len(sent) - accepted)
+        await _until_projected(mine, schema, want_counts, [worker.log_path, plog])
+        end = datetime.now(UTC).replace(second=0, microsecond=0) + timedelta(minutes=2)
+        query = f"start={start.isoformat()}&end={end.isoformat()}".replace("+00:00", "Z")
+        with dashboard(mine, schema, tenant, tmp_path / "dashboard.log") as server:
+            page = f"{server.url}?{query}"
+            cells = read_page(tmp_path, server, page)
+            screenshot(tmp_path, page, "dashboard-e2e.png")
+    finally:
+        projector.terminate()
+        projector.wait(timeout=30)
+        worker.stop()
+    want = expected(sent, tenant, start=start, end=end)
+    # Lag is the projector's wall time minus event time: bounded, not recomputable.
+    lag_avg, lag_max = (float(cells.cells[k][1]) for k in ("lag_ms_avg", "lag_ms_max"))
+    assert 0 <= lag_avg <= lag_max < 120_000
+    del want["lag_ms_avg"], want["lag_ms_max"]
+    assert_page_shows(cells, want)
+    shown = {k: float(v[1]) for k, v in cells.cells.items() if k.startswith("latency_ms.")}
+    assert_latencies(shown, exact_latencies(sent, tenant, start, end))
+    assert cells.cells["roles_by_state.active"][0] == "1"
+    assert cells.cells["roles_by_state.suspended"][0] == "1"
