@@ -15,6 +15,8 @@ the store schema (``rolebus.projectors.db.connect``).
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -122,10 +124,24 @@ async def read_rows(conn: Conn, window: Window) -> list[MinuteRow]:
     return rows
 
 
+@asynccontextmanager
+async def snapshot(conn: Conn) -> AsyncIterator[None]:
+    """One read-only REPEATABLE READ transaction: the several reads of one page
+    or scrape see the same committed projector batches (counts and histograms agree)."""
+    try:
+        async with conn.transaction():
+            await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            yield
+    except psycopg.Error as exc:
+        raise StoreError(f"dashboard read failed: {exc}") from exc
+
+
 async def read_summary(conn: Conn, window: Window) -> Summary:
-    """Every dashboard figure over ``window``."""
-    rows = await read_rows(conn, window)
-    return summarize(window, rows, await _roles_by_state(conn, window))
+    """Every dashboard figure over ``window``, from one snapshot of the store."""
+    async with snapshot(conn):
+        rows = await read_rows(conn, window)
+        roles = await _roles_by_state(conn, window)
+    return summarize(window, rows, roles)
 
 
 # ------------------------------------------------------------- /metrics totals

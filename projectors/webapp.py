@@ -31,7 +31,12 @@ from rolebus.config import Settings
 from rolebus.endpoints import Endpoints
 from rolebus.errors import ConfigError, StoreError
 from rolebus.projectors.dashboard import Summary, Window, last_minutes, make_window
-from rolebus.projectors.dashboard_sql import read_summary, read_tenants_now, read_totals
+from rolebus.projectors.dashboard_sql import (
+    read_summary,
+    read_tenants_now,
+    read_totals,
+    snapshot,
+)
 from rolebus.projectors.db import connect
 from rolebus.projectors.metrics import StoreCollector
 
@@ -48,6 +53,8 @@ class DashboardConfig:
     tenant: str | None = None
     """Serve this tenant only (None: every tenant, or the one a request names)."""
     refresh_s: float = 5.0
+    role_labels: bool = True
+    """/metrics per role (rolebus.role.id); False: per tenant and model only."""
 
 
 CONFIG = web.AppKey("config", DashboardConfig)
@@ -135,13 +142,16 @@ async def _summary(request: web.Request) -> web.Response:
 async def _metrics(request: web.Request) -> web.Response:
     config = request.app[CONFIG]
     try:
-        async with connect(config.settings, config.ends, config.schema, autocommit=True) as conn:
+        async with (
+            connect(config.settings, config.ends, config.schema, autocommit=True) as conn,
+            snapshot(conn),
+        ):
             totals = await read_totals(conn, config.tenant)
             tenants = await read_tenants_now(conn, config.tenant)
     except StoreError as exc:
         return web.Response(status=503, text=f"rolebus: {exc}\n")
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(StoreCollector(totals, tenants))
+    registry.register(StoreCollector(totals, tenants, by_role=config.role_labels))
     # The scraper's Accept header picks the format and the name escaping.
     encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
     return web.Response(body=encoder(registry), headers={"Content-Type": content_type})

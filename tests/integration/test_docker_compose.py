@@ -302,6 +302,7 @@ def test_dashboard_and_monitoring_services(compose: Compose, run_cli: Any) -> No
     model = compose.config("--profile", "projectors", "--profile", "monitoring")
     services = model["services"]
     assert [str(w) for w in services["projector"]["command"]] == ["project"]
+    assert run_cli("project", "--help").returncode == 0
     dashboard = services["dashboard"]
     command = [str(w) for w in dashboard["command"]]
     assert command[0] == "dashboard" and command[command.index("--host") + 1] == "0.0.0.0"

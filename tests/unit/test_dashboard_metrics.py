@@ -8,7 +8,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from rolebus.projectors.aggregates import LATENCY_BUCKETS_MS
 from rolebus.projectors.dashboard_sql import RoleTotals, TenantNow
-from rolebus.projectors.metrics import StoreCollector, latency_buckets
+from rolebus.projectors.metrics import StoreCollector, by_tenant, latency_buckets
 
 HIST = [0] * len(LATENCY_BUCKETS_MS)
 HIST[LATENCY_BUCKETS_MS.index(500)] = 3
@@ -62,7 +62,7 @@ def test_default_exposition_uses_the_otel_to_prometheus_names() -> None:
     assert got[("rolebus_events_total", frozenset(model))] == 9
     flagged = model | {("rolebus_flag", "hallucination")}
     assert got[("rolebus_messages_flagged_total", frozenset(flagged))] == 1
-    reason = role | {("rolebus_rejection_reason", "duplicate_event")}
+    reason = model | {("rolebus_rejection_reason", "duplicate_event")}
     assert got[("rolebus_rejections_total", frozenset(reason))] == 2
     assert got[("rolebus_projection_lag_seconds_sum", frozenset(model))] == 0.9
     assert got[("rolebus_projection_lag_seconds_count", frozenset(model))] == 9
@@ -79,3 +79,23 @@ def test_a_utf8_scraper_gets_the_dotted_names() -> None:
     assert "escaping=allow-utf-8" in content_type
     assert '{"gen_ai.client.operation.duration_seconds_bucket",' in text
     assert '"gen_ai.token.type"="input"' in text
+
+
+def test_by_tenant_sums_roles_per_tenant_and_model() -> None:
+    other = RoleTotals("acme", "r-orion", "gpt-x", {"events": 1}, [1], {"duplicate_event": 1})
+    third = RoleTotals("acme", "r-vega", "other", {"events": 5}, HIST, {})
+    merged = by_tenant([NOVA, other, third])
+    assert [(t.tenant, t.role, t.model) for t in merged] == [
+        ("acme", "", "gpt-x"),
+        ("acme", "", "other"),
+    ]
+    assert merged[0].counts["events"] == 10
+    assert merged[0].hist[0] == 1 and sum(merged[0].hist) == sum(HIST) + 1
+    assert merged[0].rejections_by_reason == {"duplicate_event": 3}
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(StoreCollector([NOVA, other, third], NOW, by_role=False))
+    text = generate_latest(reg).decode()
+    assert "rolebus_role_id" not in text
+    assert (
+        'rolebus_events_total{gen_ai_request_model="gpt-x",rolebus_tenant_id="acme"} 10.0' in text
+    )

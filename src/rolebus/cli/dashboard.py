@@ -22,6 +22,13 @@ def dashboard(
     refresh: Annotated[
         float, typer.Option(min=0.5, help="Seconds between the page's refreshes")
     ] = 5.0,
+    role_labels: Annotated[
+        bool,
+        typer.Option(
+            help="Label /metrics per role; --no-role-labels sums roles per tenant and model "
+            "(far fewer series when there are many roles)"
+        ),
+    ] = True,
 ) -> None:
     """Serve the live dashboard page (charts that refresh themselves, no internet
     needed) and Prometheus metrics at /metrics, read from the context store."""
