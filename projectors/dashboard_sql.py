@@ -34,7 +34,24 @@ _SCOPE = sql.SQL(
     " AND (%(tenant)s::text IS NULL OR tenant_id = %(tenant)s)"
     " AND (%(role)s::text IS NULL OR role_id = %(role)s)"
 )
-_SUMS = sql.SQL(", ").join(sql.SQL("sum({})::bigint").format(sql.Identifier(c)) for c in SUMMED)
+_BUCKETS = len(LATENCY_BUCKETS_MS)
+# Counters, then the histogram summed bucket by bucket (latency_hist[i] of a
+# shorter array is NULL, which sum() skips): one pass, no unnest.
+_SUMS = sql.SQL(", ").join(
+    [
+        *(sql.SQL("sum({})::bigint").format(sql.Identifier(c)) for c in SUMMED),
+        *(
+            sql.SQL("coalesce(sum(latency_hist[{}]), 0)::bigint").format(sql.Literal(i + 1))
+            for i in range(_BUCKETS)
+        ),
+    ]
+)
+
+
+def _split_sums(sums: list[object]) -> tuple[dict[str, int], list[int]]:
+    """A row's ``_SUMS`` as (counters by name, histogram)."""
+    values = [int(str(v)) for v in sums]
+    return dict(zip(SUMMED, values[: len(SUMMED)], strict=True)), values[len(SUMMED) :]
 
 
 def _params(window: Window) -> dict[str, object]:
@@ -53,32 +70,20 @@ async def _fetch(
         ) from exc
 
 
-async def _minute_counts(conn: Conn, window: Window) -> dict[datetime, tuple[dict[str, int], int]]:
+MinuteSums = dict[datetime, tuple[dict[str, int], int, list[int]]]
+
+
+async def _minute_sums(conn: Conn, window: Window) -> MinuteSums:
+    """Per minute: counters, the largest lag and the latency histogram."""
     query = sql.SQL(
         "SELECT minute, max(lag_ms_max)::bigint, {} FROM agg_minute WHERE {}"
         " GROUP BY minute ORDER BY minute"
     ).format(_SUMS, _SCOPE)
     found = {}
     for minute, lag_max, *sums in await _fetch(conn, query, _params(window)):
-        counts = {name: int(str(v)) for name, v in zip(SUMMED, sums, strict=True)}
-        found[_ts(minute)] = (counts, int(str(lag_max)))
+        counts, hist = _split_sums(sums)
+        found[_ts(minute)] = (counts, int(str(lag_max)), hist)
     return found
-
-
-async def _minute_hists(conn: Conn, window: Window) -> dict[datetime, list[int]]:
-    # Element-wise sum of bigint[]: unnest with the bucket index, group by it.
-    query = sql.SQL(
-        "SELECT minute, h.i, sum(h.c)::bigint FROM agg_minute,"
-        " unnest(latency_hist) WITH ORDINALITY AS h(c, i) WHERE {}"
-        " GROUP BY minute, h.i"
-    ).format(_SCOPE)
-    hists: dict[datetime, list[int]] = {}
-    for minute, index, count in await _fetch(conn, query, _params(window)):
-        hist = hists.setdefault(_ts(minute), [])
-        i = int(str(index)) - 1
-        hist.extend([0] * (i + 1 - len(hist)))
-        hist[i] = int(str(count))
-    return hists
 
 
 async def _minute_rejections(conn: Conn, window: Window) -> dict[datetime, dict[str, int]]:
@@ -110,17 +115,12 @@ def _ts(value: object) -> datetime:
 
 async def read_rows(conn: Conn, window: Window) -> list[MinuteRow]:
     """The window's minute rows (summed over the roles in scope)."""
-    counts = await _minute_counts(conn, window)
-    hists = await _minute_hists(conn, window)
+    sums = await _minute_sums(conn, window)
     rejections = await _minute_rejections(conn, window)
     rows = []
-    for minute in sorted(set(counts) | set(rejections)):
-        minute_counts, lag_max = counts.get(minute, ({}, 0))
-        rows.append(
-            MinuteRow(
-                minute, minute_counts, lag_max, hists.get(minute, []), rejections.get(minute, {})
-            )
-        )
+    for minute in sorted(set(sums) | set(rejections)):
+        counts, lag_max, hist = sums.get(minute, ({}, 0, []))
+        rows.append(MinuteRow(minute, counts, lag_max, hist, rejections.get(minute, {})))
     return rows
 
 
@@ -175,9 +175,9 @@ class TenantNow:
 RECENT = "5 minutes"
 
 
-async def _role_counts(
+async def _role_sums(
     conn: Conn, tenant: str | None
-) -> dict[tuple[str, str], tuple[str, dict[str, int]]]:
+) -> dict[tuple[str, str], tuple[str, dict[str, int], list[int]]]:
     query = sql.SQL(
         "SELECT a.tenant_id, a.role_id, coalesce(max(r.model), ''), {} FROM agg_minute a"
         " LEFT JOIN roles r ON r.tenant_id = a.tenant_id AND r.role_id = a.role_id"
@@ -185,24 +185,9 @@ async def _role_counts(
     ).format(_SUMS, _TENANT)
     found = {}
     for t, r, model, *sums in await _fetch(conn, query, {"tenant": tenant}):
-        counts = {name: int(str(v)) for name, v in zip(SUMMED, sums, strict=True)}
-        found[(str(t), str(r))] = (str(model), counts)
+        counts, hist = _split_sums(sums)
+        found[(str(t), str(r))] = (str(model), counts, hist)
     return found
-
-
-async def _role_hists(conn: Conn, tenant: str | None) -> dict[tuple[str, str], list[int]]:
-    query = sql.SQL(
-        "SELECT a.tenant_id, a.role_id, h.i, sum(h.c)::bigint FROM agg_minute a,"
-        " unnest(a.latency_hist) WITH ORDINALITY AS h(c, i) WHERE {}"
-        " GROUP BY a.tenant_id, a.role_id, h.i"
-    ).format(_TENANT)
-    hists: dict[tuple[str, str], list[int]] = {}
-    for t, r, index, count in await _fetch(conn, query, {"tenant": tenant}):
-        hist = hists.setdefault((str(t), str(r)), [0] * len(LATENCY_BUCKETS_MS))
-        i = int(str(index)) - 1
-        if i < len(hist):
-            hist[i] = int(str(count))
-    return hists
 
 
 async def _role_rejections(conn: Conn, tenant: str | None) -> dict[tuple[str, str], dict[str, int]]:
@@ -218,16 +203,12 @@ async def _role_rejections(conn: Conn, tenant: str | None) -> dict[tuple[str, st
 
 async def read_totals(conn: Conn, tenant: str | None = None) -> list[RoleTotals]:
     """Every role's all-time counters, latency histogram and rejections by reason."""
-    counts = await _role_counts(conn, tenant)
-    hists = await _role_hists(conn, tenant)
+    sums = await _role_sums(conn, tenant)
     rejections = await _role_rejections(conn, tenant)
     totals = []
-    for key in sorted(set(counts) | set(rejections)):
-        model, role_counts = counts.get(key, ("", {}))
-        empty = [0] * len(LATENCY_BUCKETS_MS)
-        totals.append(
-            RoleTotals(*key, model, role_counts, hists.get(key, empty), rejections.get(key, {}))
-        )
+    for key in sorted(set(sums) | set(rejections)):
+        model, counts, hist = sums.get(key, ("", {}, [0] * _BUCKETS))
+        totals.append(RoleTotals(*key, model, counts, hist, rejections.get(key, {})))
     return totals
 
 
