@@ -152,3 +152,32 @@ def test_summary_json_has_iso_times_and_window_seconds() -> None:
     assert data["window"]["seconds"] == 60.0
     assert data["series"][0]["minute"] == "2026-11-29T10:00:00+00:00"
     assert data["events"] == 3
+
+
+async def test_web_app_serves_the_page_and_answers_bad_requests_clearly() -> None:
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from rolebus.config import Settings
+    from rolebus.endpoints import Endpoints
+    from rolebus.projectors.webapp import DashboardConfig, make_app
+
+    ends = Endpoints("127.0.0.1:1", "postgresql://nobody@127.0.0.1:1/none", True, True)
+    app = make_app(DashboardConfig(Settings(), ends, tenant="acme", refresh_s=7))
+    async with TestClient(TestServer(app)) as client:
+        page = await client.get("/")
+        assert page.status == 200
+        assert 'content="7"' in await page.text()
+        js = await client.get("/static/plotly.min.js")
+        assert js.status == 200 and js.content_type == "application/javascript"
+        assert (await client.get("/static/../../etc/passwd")).status == 404
+        assert (await client.get("/static/other.js")).status == 404
+        bad = await client.get("/api/summary?minutes=zero")
+        assert bad.status == 400
+        assert "positive integer" in (await bad.json())["error"]
+        other = await client.get("/api/summary?tenant=globex")
+        assert other.status == 400
+        # Nothing listens on port 1: a clear 503, not a traceback.
+        down = await client.get("/api/summary?minutes=5")
+        assert down.status == 503
+        assert "unreachable" in (await down.json())["error"]
+        assert (await client.get("/metrics")).status == 503
