@@ -299,6 +299,15 @@ class Store:
     async def _current_roles(
         self, cur: Cursor, keys: Sequence[tuple[str, str]]
     ) -> dict[tuple[str, str], RoleRow]:
+        """The stored rows, locked. Missing ones are first inserted as placeholders
+        (seq -1, replaced in this transaction): a process creating the same role
+        concurrently then waits for this one instead of overwriting it."""
+        await cur.execute(
+            "INSERT INTO roles (tenant_id, role_id, lifecycle, name, persona, seq, created_at,"
+            " updated_at) SELECT t, r, 'created', '', '', -1, 'epoch', 'epoch'"
+            " FROM unnest(%s::text[], %s::text[]) AS k(t, r) ORDER BY t, r ON CONFLICT DO NOTHING",
+            ([k[0] for k in keys], [k[1] for k in keys]),
+        )
         await cur.execute(
             sql.SQL(
                 "SELECT {c} FROM roles WHERE (tenant_id, role_id) IN"
@@ -308,7 +317,7 @@ class Store:
             ([k[0] for k in keys], [k[1] for k in keys]),
         )
         rows = [_role_row(r) for r in await cur.fetchall()]
-        return {(r.tenant_id, r.role_id): r for r in rows}
+        return {(r.tenant_id, r.role_id): r for r in rows if r.seq >= 0}
 
     async def _commit_lives(self, cur: Cursor, ids: Sequence[str]) -> dict[str, seqranges.Ranges]:
         await cur.execute(
