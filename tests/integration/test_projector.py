@@ -102,7 +102,7 @@ class Rig:
             self.settings, self.ends, schema or self.schema, autocommit=True
         ) as conn:
             cur = await conn.execute(text.encode(), params)  # test-only literal SQL
-            return list(await cur.fetchall())
+            return list(await cur.fetchall()) if cur.description else []
 
     async def until(
         self, text: str, ok: Callable[[list[tuple[Any, ...]]], bool], timeout_s: float = 90.0,
@@ -331,3 +331,27 @@ async def _until_seq(rig: Rig, role: str, seq: int) -> None:
 async def _superseded(rig: Rig, role: str) -> set[int]:
     rows = await rig.query("SELECT seq FROM messages WHERE role_id = %s AND superseded", (role,))
     return {int(r[0]) for r in rows}
+
+
+async def test_db_migrate_and_reembed_from_the_cli(
+    rig: Rig, run_cli: Callable[..., subprocess.CompletedProcess[str]]
+) -> None:
+    env = worker_env(rig.settings, rig.ends, rig.app_id)
+    env["ROLEBUS_PG_SCHEMA"] = rig.schema
+    first = run_cli("db", "migrate", env=env, timeout=120)
+    assert first.returncode == 0, first.stderr
+    assert "001_context_store, 002_projector" in first.stderr
+    again = run_cli("db", "migrate", env=env, timeout=120)
+    assert again.returncode == 0 and "nothing new" in again.stderr
+    await rig.query(
+        "INSERT INTO messages (tenant_id, role_id, seq, message_id, event_id, author, content,"
+        " occurred_at, embedding_error) VALUES ('t', 'r', 1, 'm1', gen_random_uuid(), 'user',"
+        " 'my invoice is wrong', now(), 'wordllama: it failed'), ('t', 'r', 2, 'm2',"
+        " gen_random_uuid(), 'user', 'fine', now(), NULL)"
+    )
+    fixed = run_cli("db", "reembed", env=env, timeout=120)
+    assert fixed.returncode == 0 and "1 embedded, 0 still failing" in fixed.stderr, fixed.stderr
+    rows = await rig.query(
+        "SELECT seq, embedding IS NOT NULL, embedding_error FROM messages ORDER BY seq"
+    )
+    assert rows == [(1, True, None), (2, False, None)]
