@@ -24,6 +24,7 @@ statements are composed with ``psycopg.sql`` only.
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -31,6 +32,7 @@ from typing import Any, Final, LiteralString
 
 import psycopg
 from psycopg import sql
+from psycopg.types.json import Jsonb
 
 from rolebus.errors import StoreError
 from rolebus.projectors import rollup, seqranges
@@ -67,6 +69,10 @@ ROLE_COLUMNS: Final[tuple[str, ...]] = (
     "persona_seq",
 )
 MESSAGE_COLUMNS: Final = (*MessageRow._fields, "superseded", "embedding", "embedding_error")
+MESSAGE_TYPES: Final = (
+    "text", "text", "int8", "text", "uuid", "text", "text", "int4", "int4", "int4", "text",
+    "text[]", "jsonb", "timestamptz", "bool", "vector", "text",
+)  # fmt: skip
 AGG_COLUMNS: Final = (
     "tenant_id",
     "role_id",
@@ -253,8 +259,27 @@ class Store:
     ) -> int:
         if not rows:
             return 0
-        full = ((*m, False, *embedded.get(m.event_id, (None, "not embedded"))) for m in rows)
-        await self._copy(cur, "stage_messages", MESSAGE_COLUMNS, full)
+        stmt = sql.SQL("COPY stage_messages ({}) FROM STDIN (FORMAT BINARY)").format(
+            _ids(MESSAGE_COLUMNS)
+        )
+        # Binary: the vectors go as packed floats (text would format every float).
+        async with cur.copy(stmt) as copy:
+            copy.set_types(MESSAGE_TYPES)
+            for m in rows:
+                vector, error = embedded.get(m.event_id, (None, "not embedded"))
+                tool = None if m.tool_call is None else Jsonb(m.tool_call, dumps=_as_is)
+                await copy.write_row(
+                    (
+                        *m[:4],
+                        uuid.UUID(m.event_id),
+                        *m[5:12],
+                        tool,
+                        m.occurred_at,
+                        False,
+                        vector,
+                        error,
+                    )
+                )
         await cur.execute(
             sql.SQL(
                 "INSERT INTO messages ({c}) SELECT {c} FROM stage_messages ON CONFLICT DO NOTHING"
@@ -375,6 +400,11 @@ class Store:
                 " WHERE r.tenant_id = p.tenant_id AND r.role_id = p.role_id"
             )
             return cur.rowcount
+
+
+def _as_is(text: Any) -> str:
+    """JSON text already encoded by the planner."""
+    return str(text)
 
 
 def _add(column: str) -> sql.Composed:

@@ -26,7 +26,7 @@ from rolebus.streams import harness
 from rolebus.streams.harness import OutputReader, WorkerProcess, worker_env
 from rolebus.wal import topics
 from rolebus.wal.client import RoleClient
-from rolebus.wal.events import Author, MessageAppended
+from rolebus.wal.events import Author, MessageAppended, ToolCall
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.slow]
 
@@ -265,6 +265,16 @@ async def test_rollbacks_supersede_and_restore_and_forks_get_their_lineage(rig: 
         await c.append_message(role, "user", "after")  # seq 15
         await _until_seq(rig, role, 15)
         await c.fork(role, six, "Ada II", new_role_id="ada-fork")
+        await c.create_role("Tooly", "You use tools.", role_id="tooly")
+        await c.activate("tooly")
+        call = ToolCall("search", '{"q": "ada"}', "3 hits")
+        await c.append_message("tooly", "tool", "searched", tool_call=call, latency_ms=12)
+    tools = await rig.until(
+        "SELECT tool_call, author, latency_ms FROM messages WHERE role_id = 'tooly'", bool
+    )
+    assert tools == [
+        ({"name": "search", "arguments_json": '{"q": "ada"}', "result": "3 hits"}, "tool", 12)
+    ]
     assert await _superseded(rig, role) == {13}
     back = await rig.query(
         "SELECT seq, kind, reason, rollback_to FROM commits"
