@@ -37,7 +37,14 @@ from psycopg.types.json import Jsonb
 from rolebus.errors import StoreError
 from rolebus.projectors import rollup, seqranges
 from rolebus.projectors.plan import CommitRow, EventRow, MessageRow, Plan, RejectionRow, RollbackRow
-from rolebus.projectors.roles import Counters, Flip, RoleRow, plan_roles, plan_supersede
+from rolebus.projectors.roles import (
+    Counters,
+    Flip,
+    RoleRow,
+    plan_roles,
+    plan_supersede,
+    superseded_now,
+)
 from rolebus.wal.events import RoleForked
 
 Conn = psycopg.AsyncConnection[tuple[Any, ...]]
@@ -170,8 +177,9 @@ class Store:
             await self._rollbacks(cur, new.rollback_rows())
             new_commits = await self._commits(cur, plan.commit_rows())
             new = plan.only_new(new_events, new_commits, new_rejections)
-            messages = await self._messages(cur, new.message_rows(), embedded)
-            await self._flips(cur, plan_supersede(new.changes))
+            flips = plan_supersede(new.changes)
+            messages = await self._messages(cur, new.message_rows(), embedded, flips)
+            await self._flips(cur, flips)
             await self._roles(cur, new)
             await self._aggregates(cur, new, projected_at)
             await self._advance(cur, offsets)
@@ -255,17 +263,26 @@ class Store:
         return {str(row[0]) for row in await cur.fetchall()}
 
     async def _messages(
-        self, cur: Cursor, rows: Sequence[MessageRow], embedded: Mapping[str, Vectored]
+        self,
+        cur: Cursor,
+        rows: Sequence[MessageRow],
+        embedded: Mapping[str, Vectored],
+        flips: Sequence[Flip],
     ) -> int:
+        """Insert new messages. One a rollback of the same batch supersedes goes in
+        flagged: updating it later would write a second tuple to every index
+        (HNSW included: ``superseded`` is in an index predicate, so no HOT update)."""
         if not rows:
             return 0
         stmt = sql.SQL("COPY stage_messages ({}) FROM STDIN (FORMAT BINARY)").format(
             _ids(MESSAGE_COLUMNS)
         )
+        gone = superseded_now(flips)
         # Binary: the vectors go as packed floats (text would format every float).
         async with cur.copy(stmt) as copy:
             copy.set_types(MESSAGE_TYPES)
             for m in rows:
+                flag = gone(m.tenant_id, m.role_id, m.seq)
                 vector, error = embedded.get(m.event_id, (None, "not embedded"))
                 tool = None if m.tool_call is None else Jsonb(m.tool_call, dumps=_as_is)
                 await copy.write_row(
@@ -275,7 +292,7 @@ class Store:
                         *m[5:12],
                         tool,
                         m.occurred_at,
-                        False,
+                        flag,
                         vector,
                         error,
                     )
