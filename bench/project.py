@@ -233,14 +233,20 @@ def show(result: dict[str, Any]) -> None:
     console.print(table)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     with bench_settings(args.partitions) as base, tempfile.TemporaryDirectory() as tmp:
         settings = replace(base, commit_every=50)
         result = asyncio.run(run(settings, args, Path(tmp)))
     show(result)
     say(f"saved {save('project', result)}")
+    if result["ratio"] < GOAL:
+        print(
+            f"bench/project: ratio {result['ratio']:.3f} is below the goal {GOAL}", file=sys.stderr
+        )
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
