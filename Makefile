@@ -36,7 +36,8 @@ unit: $(STAMP)
 ## bench: the benchmarks, each printing its ratio against a same-run baseline
 bench: $(STAMP)
 	@# Run both even when the first misses its goal; fail if either did.
-	$(BIN)/python bench/produce.py; p=$$?; $(BIN)/python bench/fold.py; f=$$?; exit $$((p || f))
+	$(BIN)/python bench/produce.py; p=$$?; $(BIN)/python bench/fold.py; f=$$?; \
+	$(BIN)/python bench/project.py; j=$$?; exit $$((p || f || j))
 
 stack-down: $(STAMP)
 	$(BIN)/rolebus stack down

@@ -26,7 +26,7 @@ and snapshots (changes in seq order) gives the same row.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -255,3 +255,18 @@ def plan_supersede(changes: Iterable[Change]) -> list[Flip]:
         flips += [Flip(tenant, role, True, on)] if on else []
         flips += [Flip(tenant, role, False, off)] if off else []
     return flips
+
+
+def superseded_now(flips: Sequence[Flip]) -> Callable[[str, str, int], bool]:
+    """Whether a message of this batch is superseded once its flips apply."""
+    by_role: dict[Key, list[Flip]] = {}
+    for flip in flips:
+        by_role.setdefault((flip.tenant_id, flip.role_id), []).append(flip)
+
+    def flag(tenant_id: str, role_id: str, seq: int) -> bool:
+        for flip in by_role.get((tenant_id, role_id), ()):
+            if any(first <= seq <= last for first, last in flip.ranges):
+                return flip.value
+        return False
+
+    return flag

@@ -24,6 +24,7 @@ statements are composed with ``psycopg.sql`` only.
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -31,11 +32,19 @@ from typing import Any, Final, LiteralString
 
 import psycopg
 from psycopg import sql
+from psycopg.types.json import Jsonb
 
 from rolebus.errors import StoreError
 from rolebus.projectors import rollup, seqranges
 from rolebus.projectors.plan import CommitRow, EventRow, MessageRow, Plan, RejectionRow, RollbackRow
-from rolebus.projectors.roles import Counters, Flip, RoleRow, plan_roles, plan_supersede
+from rolebus.projectors.roles import (
+    Counters,
+    Flip,
+    RoleRow,
+    plan_roles,
+    plan_supersede,
+    superseded_now,
+)
 from rolebus.wal.events import RoleForked
 
 Conn = psycopg.AsyncConnection[tuple[Any, ...]]
@@ -67,6 +76,10 @@ ROLE_COLUMNS: Final[tuple[str, ...]] = (
     "persona_seq",
 )
 MESSAGE_COLUMNS: Final = (*MessageRow._fields, "superseded", "embedding", "embedding_error")
+MESSAGE_TYPES: Final = (
+    "text", "text", "int8", "text", "uuid", "text", "text", "int4", "int4", "int4", "text",
+    "text[]", "jsonb", "timestamptz", "bool", "vector", "text",
+)  # fmt: skip
 AGG_COLUMNS: Final = (
     "tenant_id",
     "role_id",
@@ -164,8 +177,9 @@ class Store:
             await self._rollbacks(cur, new.rollback_rows())
             new_commits = await self._commits(cur, plan.commit_rows())
             new = plan.only_new(new_events, new_commits, new_rejections)
-            messages = await self._messages(cur, new.message_rows(), embedded)
-            await self._flips(cur, plan_supersede(new.changes))
+            flips = plan_supersede(new.changes)
+            messages = await self._messages(cur, new.message_rows(), embedded, flips)
+            await self._flips(cur, flips)
             await self._roles(cur, new)
             await self._aggregates(cur, new, projected_at)
             await self._advance(cur, offsets)
@@ -249,12 +263,40 @@ class Store:
         return {str(row[0]) for row in await cur.fetchall()}
 
     async def _messages(
-        self, cur: Cursor, rows: Sequence[MessageRow], embedded: Mapping[str, Vectored]
+        self,
+        cur: Cursor,
+        rows: Sequence[MessageRow],
+        embedded: Mapping[str, Vectored],
+        flips: Sequence[Flip],
     ) -> int:
+        """Insert new messages. One a rollback of the same batch supersedes goes in
+        flagged: updating it later would write a second tuple to every index
+        (HNSW included: ``superseded`` is in an index predicate, so no HOT update)."""
         if not rows:
             return 0
-        full = ((*m, False, *embedded.get(m.event_id, (None, "not embedded"))) for m in rows)
-        await self._copy(cur, "stage_messages", MESSAGE_COLUMNS, full)
+        stmt = sql.SQL("COPY stage_messages ({}) FROM STDIN (FORMAT BINARY)").format(
+            _ids(MESSAGE_COLUMNS)
+        )
+        gone = superseded_now(flips)
+        # Binary: the vectors go as packed floats (text would format every float).
+        async with cur.copy(stmt) as copy:
+            copy.set_types(MESSAGE_TYPES)
+            for m in rows:
+                flag = gone(m.tenant_id, m.role_id, m.seq)
+                vector, error = embedded.get(m.event_id, (None, "not embedded"))
+                tool = None if m.tool_call is None else Jsonb(m.tool_call, dumps=_as_is)
+                await copy.write_row(
+                    (
+                        *m[:4],
+                        uuid.UUID(m.event_id),
+                        *m[5:12],
+                        tool,
+                        m.occurred_at,
+                        flag,
+                        vector,
+                        error,
+                    )
+                )
         await cur.execute(
             sql.SQL(
                 "INSERT INTO messages ({c}) SELECT {c} FROM stage_messages ON CONFLICT DO NOTHING"
@@ -299,6 +341,15 @@ class Store:
     async def _current_roles(
         self, cur: Cursor, keys: Sequence[tuple[str, str]]
     ) -> dict[tuple[str, str], RoleRow]:
+        """The stored rows, locked. Missing ones are first inserted as placeholders
+        (seq -1, replaced in this transaction): a process creating the same role
+        concurrently then waits for this one instead of overwriting it."""
+        await cur.execute(
+            "INSERT INTO roles (tenant_id, role_id, lifecycle, name, persona, seq, created_at,"
+            " updated_at) SELECT t, r, 'created', '', '', -1, 'epoch', 'epoch'"
+            " FROM unnest(%s::text[], %s::text[]) AS k(t, r) ORDER BY t, r ON CONFLICT DO NOTHING",
+            ([k[0] for k in keys], [k[1] for k in keys]),
+        )
         await cur.execute(
             sql.SQL(
                 "SELECT {c} FROM roles WHERE (tenant_id, role_id) IN"
@@ -308,7 +359,7 @@ class Store:
             ([k[0] for k in keys], [k[1] for k in keys]),
         )
         rows = [_role_row(r) for r in await cur.fetchall()]
-        return {(r.tenant_id, r.role_id): r for r in rows}
+        return {(r.tenant_id, r.role_id): r for r in rows if r.seq >= 0}
 
     async def _commit_lives(self, cur: Cursor, ids: Sequence[str]) -> dict[str, seqranges.Ranges]:
         await cur.execute(
@@ -366,6 +417,11 @@ class Store:
                 " WHERE r.tenant_id = p.tenant_id AND r.role_id = p.role_id"
             )
             return cur.rowcount
+
+
+def _as_is(text: Any) -> str:
+    """JSON text already encoded by the planner."""
+    return str(text)
 
 
 def _add(column: str) -> sql.Composed:

@@ -26,7 +26,7 @@ from rolebus.streams import harness
 from rolebus.streams.harness import OutputReader, WorkerProcess, worker_env
 from rolebus.wal import topics
 from rolebus.wal.client import RoleClient
-from rolebus.wal.events import Author, MessageAppended
+from rolebus.wal.events import Author, MessageAppended, ToolCall
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.slow]
 
@@ -83,28 +83,36 @@ class Rig:
         self.procs.append(w)
         return w.start()
 
-    def projector(self, name: str, batch: int = 500) -> ProjectorProcess:
+    def projector(
+        self, name: str, batch: int = 500, schema: str | None = None, group: str | None = None
+    ) -> ProjectorProcess:
         env = worker_env(self.settings, self.ends, self.app_id)
-        env["ROLEBUS_PG_SCHEMA"] = self.schema
-        args = ("--batch", str(batch), "--group", f"{self.app_id}-projector")
+        args = (
+            "--batch", str(batch), "--group", group or f"{self.app_id}-projector",
+            "--schema", schema or self.schema,
+        )  # fmt: skip
         p = ProjectorProcess(env, self.tmp / f"{name}.log", args).start()
         self.procs.append(p)
         return p
 
-    async def query(self, text: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        async with connect(self.settings, self.ends, self.schema, autocommit=True) as conn:
+    async def query(
+        self, text: str, params: tuple[Any, ...] = (), schema: str | None = None
+    ) -> list[tuple[Any, ...]]:
+        async with connect(
+            self.settings, self.ends, schema or self.schema, autocommit=True
+        ) as conn:
             cur = await conn.execute(text.encode(), params)  # test-only literal SQL
-            return list(await cur.fetchall())
+            return list(await cur.fetchall()) if cur.description else []
 
     async def until(
         self, text: str, ok: Callable[[list[tuple[Any, ...]]], bool], timeout_s: float = 90.0,
-        params: tuple[Any, ...] = (),
+        params: tuple[Any, ...] = (), schema: str | None = None,
     ) -> list[tuple[Any, ...]]:  # fmt: skip
         deadline = time.monotonic() + timeout_s
         rows: list[tuple[Any, ...]] = []
         while time.monotonic() < deadline:
             try:
-                rows = await self.query(text, params)
+                rows = await self.query(text, params, schema)
             except Exception:  # the schema may not exist yet
                 rows = []
             if rows and ok(rows):
@@ -257,6 +265,16 @@ async def test_rollbacks_supersede_and_restore_and_forks_get_their_lineage(rig: 
         await c.append_message(role, "user", "after")  # seq 15
         await _until_seq(rig, role, 15)
         await c.fork(role, six, "Ada II", new_role_id="ada-fork")
+        await c.create_role("Tooly", "You use tools.", role_id="tooly")
+        await c.activate("tooly")
+        call = ToolCall("search", '{"q": "ada"}', "3 hits")
+        await c.append_message("tooly", "tool", "searched", tool_call=call, latency_ms=12)
+    tools = await rig.until(
+        "SELECT tool_call, author, latency_ms FROM messages WHERE role_id = 'tooly'", bool
+    )
+    assert tools == [
+        ({"name": "search", "arguments_json": '{"q": "ada"}', "result": "3 hits"}, "tool", 12)
+    ]
     assert await _superseded(rig, role) == {13}
     back = await rig.query(
         "SELECT seq, kind, reason, rollback_to FROM commits"
@@ -273,6 +291,36 @@ async def test_rollbacks_supersede_and_restore_and_forks_get_their_lineage(rig: 
         " WHERE role_id = 'ada-fork'", lambda r: r[0][2] is not None,
     )  # fmt: skip
     assert rows == [(role, six, "{[1,12)}", "You are Ada.")]
+    await _reprojection_is_identical(rig)
+
+
+# Every column but the projection's own wall-clock times.
+SAME_ROWS = {
+    "roles": "SELECT * FROM roles ORDER BY tenant_id, role_id",
+    "events": "SELECT event_id, tenant_id, role_id, seq, event_type, occurred_at, wal_partition,"
+    " wal_offset, head_commit_id FROM events ORDER BY event_id",
+    "messages": "SELECT * FROM messages ORDER BY tenant_id, role_id, seq",
+    "commits": "SELECT * FROM commits ORDER BY commit_id",
+    "rollbacks": "SELECT * FROM rollbacks ORDER BY event_id",
+    "rejections": "SELECT wal_topic, wal_partition, wal_offset, reason, message, original,"
+    " event_id, tenant_id, role_id, event_type, occurred_at FROM rejections ORDER BY 1, 2, 3",
+    "agg_minute": "SELECT tenant_id, role_id, minute, events, msg_user, msg_assistant,"
+    " flag_hallucination, rollbacks, commits_requested, rejections, latency_hist, lag_count"
+    " FROM agg_minute ORDER BY 1, 2, 3",
+}
+
+
+async def _reprojection_is_identical(rig: Rig) -> None:
+    """A fresh projector (new group, new schema) writes exactly the same rows."""
+    fresh = f"t_{uuid.uuid4().hex[:10]}"
+    rig.projector("again", batch=7, schema=fresh, group=f"{rig.app_id}-again")
+    for table in ("events", "commits", "rejections"):
+        text = f"SELECT count(*) FROM {table}"
+        count = (await rig.query(text))[0][0]
+        await rig.until(text, lambda r, n=count: r[0][0] == n, schema=fresh)
+    await rig.until("SELECT count(*) FROM roles WHERE forked_live IS NOT NULL", bool, schema=fresh)
+    for table, text in SAME_ROWS.items():
+        assert await rig.query(text, schema=fresh) == await rig.query(text), table
 
 
 async def _commit(rig: Rig, role: str, label: str) -> str:
@@ -293,3 +341,27 @@ async def _until_seq(rig: Rig, role: str, seq: int) -> None:
 async def _superseded(rig: Rig, role: str) -> set[int]:
     rows = await rig.query("SELECT seq FROM messages WHERE role_id = %s AND superseded", (role,))
     return {int(r[0]) for r in rows}
+
+
+async def test_db_migrate_and_reembed_from_the_cli(
+    rig: Rig, run_cli: Callable[..., subprocess.CompletedProcess[str]]
+) -> None:
+    env = worker_env(rig.settings, rig.ends, rig.app_id)
+    env["ROLEBUS_PG_SCHEMA"] = rig.schema
+    first = run_cli("db", "migrate", env=env, timeout=120)
+    assert first.returncode == 0, first.stderr
+    assert "001_context_store, 002_projector" in first.stderr
+    again = run_cli("db", "migrate", env=env, timeout=120)
+    assert again.returncode == 0 and "nothing new" in again.stderr
+    await rig.query(
+        "INSERT INTO messages (tenant_id, role_id, seq, message_id, event_id, author, content,"
+        " occurred_at, embedding_error) VALUES ('t', 'r', 1, 'm1', gen_random_uuid(), 'user',"
+        " 'my invoice is wrong', now(), 'wordllama: it failed'), ('t', 'r', 2, 'm2',"
+        " gen_random_uuid(), 'user', 'fine', now(), NULL)"
+    )
+    fixed = run_cli("db", "reembed", env=env, timeout=120)
+    assert fixed.returncode == 0 and "1 embedded, 0 still failing" in fixed.stderr, fixed.stderr
+    rows = await rig.query(
+        "SELECT seq, embedding IS NOT NULL, embedding_error FROM messages ORDER BY seq"
+    )
+    assert rows == [(1, True, None), (2, False, None)]

@@ -15,7 +15,7 @@ import pytest
 from rolebus.projectors import seqranges
 from rolebus.projectors.aggregates import bucket_of
 from rolebus.projectors.plan import Decoded, Fetched, Plan, decode_batch, plan_batch
-from rolebus.projectors.roles import RoleRow, plan_roles, plan_supersede
+from rolebus.projectors.roles import RoleRow, plan_roles, plan_supersede, superseded_now
 from rolebus.projectors.rollup import plan_minutes, plan_rejection_minutes
 from rolebus.streams.batch import Folder, WalItem, admit
 from rolebus.streams.commits import NO_COMMITS
@@ -278,3 +278,12 @@ def test_empty_batch_plans_nothing() -> None:
     plan = plan_batch(Decoded())
     assert plan.event_rows() == [] and plan_supersede(plan.changes) == []
     assert list(itertools.chain(plan.commit_rows(), plan.rejection_rows())) == []
+
+
+def test_messages_a_rollback_of_the_same_batch_supersedes_go_in_flagged() -> None:
+    s = conversation()
+    plan = plan_of(s.records)
+    gone = superseded_now(plan_supersede(plan.changes))
+    flagged = {m.seq for m in plan.message_rows() if gone(m.tenant_id, m.role_id, m.seq)}
+    assert flagged == {13}
+    assert not gone("t-1", "other", 13)

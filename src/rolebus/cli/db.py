@@ -42,3 +42,36 @@ def migrate(ctx: typer.Context, schema: SchemaOption = None) -> None:
     applied = asyncio.run(run())
     names = ", ".join(f"{m.version:03d}_{m.name}" for m in applied) or "nothing new"
     progress(f"schema {settings.pg_schema}: applied {names}")
+
+
+@app.command()
+def reembed(
+    ctx: typer.Context,
+    schema: SchemaOption = None,
+    batch: Annotated[int, typer.Option(min=1, help="Messages embedded per call")] = 256,
+) -> None:
+    """Embed again the messages whose embedding failed when they were projected."""
+    from rolebus.projectors import db
+    from rolebus.projectors.embeddings import load_provider
+    from rolebus.projectors.reembed import Reembedded
+    from rolebus.projectors.reembed import reembed as run_reembed
+
+    settings = state(ctx).settings(pg_schema=schema)
+    ends = endpoints.resolve(settings)
+
+    async def run() -> Reembedded:
+        provider = load_provider(settings)
+        try:
+            async with db.connect(settings, ends) as conn:
+                await db.migrate(
+                    conn, settings.pg_schema, embedding_dim=provider.dim,
+                    embedding_model=provider.name,
+                )  # fmt: skip
+                return await run_reembed(conn, provider, batch)
+        finally:
+            await provider.aclose()
+
+    done = asyncio.run(run())
+    progress(f"schema {settings.pg_schema}: {done.fixed} embedded, {done.failed} still failing")
+    if done.failed:
+        raise typer.Exit(1)
