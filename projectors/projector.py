@@ -158,9 +158,13 @@ class Projector:
             m.event_id: (v, e) for m, v, e in zip(rows, done.vectors, done.errors, strict=True)
         }
         async with self.lock:
-            owned = {tp: span for tp, span in spans.items() if self.positions.get(tp) == span[0]}
-            if owned != spans:
-                return  # a rebalance moved some partitions meanwhile: they are re-read
+            if any(self.positions.get(tp) != start for tp, (start, _) in spans.items()):
+                # A rebalance moved partitions meanwhile: drop the batch and read the
+                # ones still owned again from their positions (the consumer is past them).
+                for (topic, partition), start in self.positions.items():
+                    if (topic, partition) in spans:
+                        self.consumer.seek(TopicPartition(topic, partition), start)
+                return
             written = await self._write(plan, embedded, spans)
             if written is None:
                 return

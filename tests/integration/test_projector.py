@@ -365,3 +365,22 @@ async def test_db_migrate_and_reembed_from_the_cli(
         "SELECT seq, embedding IS NOT NULL, embedding_error FROM messages ORDER BY seq"
     )
     assert rows == [(1, True, None), (2, False, None)]
+
+
+async def test_a_corrupt_output_record_stops_the_projector_with_its_position(rig: Rig) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=rig.ends.kafka_bootstrap)
+    await producer.start()
+    try:
+        name = topics.topic_name(rig.settings, "changes")
+        await producer.send_and_wait(name, b'{"v":1,"type":"change"}', key=b"r", partition=2)
+    finally:
+        await producer.stop()
+    p = rig.projector("corrupt")
+    assert p.proc is not None
+    code = await asyncio.to_thread(p.proc.wait, 120)
+    assert code == 1
+    assert f"output record {name}[2]@0" in p.log_text()
+    stored = await rig.query(
+        "SELECT next_offset FROM projector_offsets WHERE topic = %s AND partition = 2", (name,)
+    )
+    assert stored == [(0,)]
