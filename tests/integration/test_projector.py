@@ -181,14 +181,19 @@ async def test_exactly_once_across_sigkill_mid_batch(rig: Rig) -> None:
     done = (await rig.query("SELECT count(*) FROM events"))[0][0]
     assert 0 < done < changes, "the kill did not land while projecting"
 
-    second = rig.projector("p2", batch=20)
+    # Two processes share the partitions; one of them is killed too.
+    second, third = rig.projector("p2", batch=20), rig.projector("p3", batch=20)
+    await rig.until("SELECT count(*) FROM events", lambda r: r[0][0] >= done + changes // 4)
+    code, _ = second.end(signal.SIGKILL)
+    assert code == -signal.SIGKILL
+    assert "resumed 6 partitions" in second.log_text() + third.log_text()  # they shared
     await rig.until("SELECT count(*) FROM events", lambda r: r[0][0] == changes)
     await rig.until("SELECT count(*) FROM rejections", lambda r: r[0][0] == 9)
     await rig.until("SELECT count(*) FROM commits", lambda r: r[0][0] == len(outputs.commits))
     await _check_exactly_once(rig, outputs)
-    code, took = second.end(signal.SIGTERM)
-    assert code == 0 and took < 10, second.log_text()[-2000:]
-    assert "lag" in second.log_text()
+    code, took = third.end(signal.SIGTERM)
+    assert code == 0 and took < 10, third.log_text()[-2000:]
+    assert "lag" in third.log_text()
 
 
 async def _check_exactly_once(rig: Rig, outputs: harness.Summary) -> None:
