@@ -41,7 +41,8 @@ from rolebus.projectors import db
 from rolebus.projectors.embedder import embed_contents
 from rolebus.projectors.embeddings import EmbeddingProvider as Embedder
 from rolebus.projectors.plan import Fetched, decode_batch, plan_batch
-from rolebus.projectors.store import TP, Fenced, Store, Vectored, Written
+from rolebus.projectors.staging import Vectored
+from rolebus.projectors.store import TP, Fenced, Store, Written
 from rolebus.wal import topics
 
 log = logging.getLogger(__name__)
