@@ -25,9 +25,8 @@ import asyncio
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 import psycopg
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -40,7 +39,7 @@ from rolebus.endpoints import Endpoints
 from rolebus.projectors import db
 from rolebus.projectors.embedder import embed_contents
 from rolebus.projectors.embeddings import EmbeddingProvider as Embedder
-from rolebus.projectors.plan import Fetched, decode_batch, plan_batch
+from rolebus.projectors.plan import Fetched, Plan, decode_batch, plan_batch
 from rolebus.projectors.staging import Vectored
 from rolebus.projectors.store import TP, Fenced, Store, Written
 from rolebus.wal import topics
@@ -71,7 +70,6 @@ class Stats:
     rejections: int = 0
     fenced: int = 0
     retried: int = 0
-    started: float = field(default_factory=time.monotonic)
 
     def add(self, n: int, w: Written) -> None:
         self.batches += 1
@@ -105,6 +103,8 @@ class Projector:
         """Next offset per owned partition, as stored in PostgreSQL."""
         self.stats = Stats()
         self._kafka_committed_at = 0.0
+        self._forks_filled_at = 0.0
+        self._reported = (time.monotonic(), 0)
 
     async def seek_stored(self, tps: Sequence[TopicPartition]) -> None:
         """Seek to the offsets stored in PostgreSQL (caller holds the lock)."""
@@ -137,6 +137,11 @@ class Projector:
         self.report()
 
     async def _idle(self) -> None:
+        """Nothing fetched: give pending forks their source's live ranges (a source
+        commit another process projected after the fork), at most every 2 s."""
+        if time.monotonic() - self._forks_filled_at < 2.0:
+            return
+        self._forks_filled_at = time.monotonic()
         async with self.lock:
             filled = await self.store.fill_forks()
         if filled:
@@ -195,7 +200,7 @@ class Projector:
         return fetched, spans
 
     async def _write(
-        self, plan: Any, embedded: Mapping[str, Vectored], spans: Mapping[TP, tuple[int, int]]
+        self, plan: Plan, embedded: Mapping[str, Vectored], spans: Mapping[TP, tuple[int, int]]
     ) -> Written | None:
         for attempt in range(5):
             try:
@@ -233,9 +238,11 @@ class Projector:
 
     def report(self) -> None:
         s = self.stats
-        rate = s.records / max(1e-9, time.monotonic() - s.started)
+        then, records = self._reported
+        self._reported = (time.monotonic(), s.records)
+        rate = (s.records - records) / max(1e-9, time.monotonic() - then)
         log.info(
-            "projector %s: %d records (%.0f/s) in %d batches -> %d events, %d messages, "
+            "projector %s: %d records (%.0f/s now) in %d batches -> %d events, %d messages, "
             "%d commits, %d rejections new; lag %d records on %d partitions",
             self.options.group_id, s.records, rate, s.batches, s.events, s.messages, s.commits,
             s.rejections, self.lag(), len(self.positions),
