@@ -45,12 +45,12 @@ from rolebus.config import Settings
 from rolebus.endpoints import Endpoints, resolve
 from rolebus.projectors import db
 from rolebus.projectors.embeddings import load_provider
-from rolebus.streams.harness import WorkerProcess, worker_env
-from rolebus.streams.state import FoldConfig
-from rolebus.streams.workload import Workload, WorkloadSpec
+from rolebus.streams.core.state import FoldConfig
 from rolebus.wal import topics
 from rolebus.wal.client import RoleClient
 from rolebus.wal.reader import assign_from_beginning, open_consumer
+from testkit.harness import WorkerProcess, worker_env
+from testkit.workload import Workload, WorkloadSpec
 
 GOAL = 0.5
 TABLES = (

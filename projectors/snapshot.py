@@ -1,22 +1,22 @@
 """What the projector reads from a commit record's snapshot: ONE function.
 
-The committed state travels as plain JSON today (``CommitRecord.snapshot``,
-``streams.serde.logical_json``); ``read_snapshot`` is the only place that
-knows its shape, so a typed snapshot changes this file alone.
+The committed state is typed (``rolebus.wal.snapshot.Snapshot``);
+``read_snapshot`` takes the columns the projector writes from it: the role's
+content fields, its live seq ranges and the snapshot's canonical JSON (the
+``commits.snapshot`` JSONB, the very text the state digest hashes).
 
 Invariants: ``live`` is the lineage's closed ranges plus ``[branch_start,
-seq]``, normalized (the role's live seqs at the commit); a malformed snapshot
-raises ``RecordError`` naming the commit.
+seq]``, normalized (``wal.snapshot.live_ranges``).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from rolebus.projectors import seqranges
-from rolebus.wal.records import CommitRecord, RecordError
+from rolebus.projectors.seqranges import Ranges
+from rolebus.wal.records import CommitRecord
+from rolebus.wal.snapshot import live_ranges
 
 
 @dataclass(frozen=True)
@@ -28,27 +28,15 @@ class SnapshotView:
     model: str | None
     skills: tuple[str, ...]
     seq: int
-    live: seqranges.Ranges
+    live: Ranges
     json_text: str
-    """The whole snapshot as JSON text (the commits.snapshot JSONB)."""
+    """The whole snapshot as canonical JSON text (the commits.snapshot JSONB)."""
 
 
 def read_snapshot(rec: CommitRecord) -> SnapshotView:
-    snap = rec.snapshot
-    try:
-        lineage = snap["lineage"]
-        closed = [(int(a), int(b)) for a, b in lineage["closed"]]
-        seq = int(snap["seq"])
-        return SnapshotView(
-            lifecycle=str(snap["lifecycle"]), name=str(snap["name"]),
-            persona=str(snap["persona"]),
-            traits={str(k): str(v) for k, v in dict(snap["traits"]).items()},
-            model=None if snap["model"] is None else str(snap["model"]),
-            skills=tuple(str(s) for s in snap["skills"]), seq=seq,
-            live=seqranges.normalize((*closed, (int(lineage["branch_start"]), seq))),
-            json_text=json.dumps(snap, sort_keys=True, separators=(",", ":"), ensure_ascii=False),
-        )  # fmt: skip
-    except (KeyError, TypeError, ValueError) as exc:
-        raise RecordError(
-            f"commit {rec.commit_id} of role '{rec.role_id}': malformed snapshot ({exc!r})"
-        ) from exc
+    s = rec.snapshot
+    return SnapshotView(
+        lifecycle=s.lifecycle.value, name=s.name, persona=s.persona, traits=dict(s.traits),
+        model=s.model, skills=tuple(s.skills), seq=s.seq, live=live_ranges(s),
+        json_text=s.canonical_text,
+    )  # fmt: skip

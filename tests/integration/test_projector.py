@@ -22,11 +22,11 @@ from aiokafka import AIOKafkaProducer
 from rolebus.config import Settings
 from rolebus.endpoints import Endpoints, resolve
 from rolebus.projectors.db import connect
-from rolebus.streams import harness
-from rolebus.streams.harness import OutputReader, WorkerProcess, worker_env
 from rolebus.wal import topics
 from rolebus.wal.client import RoleClient
 from rolebus.wal.events import Author, MessageAppended, ToolCall
+from testkit import harness
+from testkit.harness import OutputReader, WorkerProcess, worker_env
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.slow]
 

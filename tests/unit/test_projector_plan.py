@@ -17,9 +17,8 @@ from rolebus.projectors.aggregates import bucket_of
 from rolebus.projectors.plan import Decoded, Fetched, Plan, decode_batch, plan_batch
 from rolebus.projectors.roles import RoleRow, plan_roles, plan_supersede, superseded_now
 from rolebus.projectors.rollup import plan_minutes, plan_rejection_minutes
-from rolebus.streams.batch import Folder, WalItem, admit
-from rolebus.streams.commits import NO_COMMITS
-from rolebus.streams.state import FoldConfig, RoleState, live_ranges, logical_json
+from rolebus.streams.core.log import Folder, WalItem, admit
+from rolebus.streams.core.state import FoldConfig, RoleState, logical_json
 from rolebus.wal import codec, records
 from rolebus.wal.events import (
     Author,
@@ -39,6 +38,7 @@ from rolebus.wal.events import (
     WalPosition,
 )
 from rolebus.wal.records import ChangeRecord, CommitRecord, OutputRecord, RecordError
+from rolebus.wal.snapshot import live_ranges
 
 BASE = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -48,9 +48,7 @@ class Script:
     """Events folded one by one by the real pure fold; their output records."""
 
     folder: Folder = field(
-        default_factory=lambda: Folder(
-            lambda _: None, NO_COMMITS, FoldConfig(commit_every=5, message_window=4)
-        )
+        default_factory=lambda: Folder(FoldConfig(commit_every=5, message_window=4))
     )
     records: list[OutputRecord] = field(default_factory=list)
     n: int = 0

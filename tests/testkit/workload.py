@@ -22,10 +22,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from rolebus.streams.commits import Commit
-from rolebus.streams.fold import Folding
-from rolebus.streams.outcome import Accepted
-from rolebus.streams.state import FoldConfig, Lifecycle, RoleState
+from rolebus.streams.core.commits import Commit
+from rolebus.streams.core.log import Folder
+from rolebus.streams.core.outcome import Accepted
+from rolebus.streams.core.state import FoldConfig, Lifecycle, RoleState
 from rolebus.wal.events import (
     Author,
     CommitId,
@@ -78,7 +78,7 @@ class Workload:
     """accepted / rejected / duplicate: what the fold said about the emitted events."""
 
     def __post_init__(self) -> None:
-        self._folding = Folding(self.config, states=self.states)
+        self._folding = Folder(self.config, states=self.states)
         self.commits = self._folding.commits  # the same dicts: the fold keeps them
         self._rng = random.Random(self.spec.seed)
         self._sent: list[Envelope] = []
@@ -108,7 +108,7 @@ class Workload:
         envelope = self._build()
         role_id = envelope.role_id
         known = role_id in self.states
-        outcome = self._folding.apply(envelope)
+        outcome = self._folding.fold(envelope)
         if not known and role_id in self.states:
             self._roles.append(role_id)
         if isinstance(outcome, Accepted):

@@ -1,7 +1,9 @@
-"""Folding WAL records into output records and table updates, without I/O.
+"""Folding WAL records into output records, without I/O: the ``Folder`` step
+and ``fold_log``, the one whole-log fold.
 
-The faust worker hands each batch of one partition to a ``Folder``; tests and
-replays use ``fold_log`` over whole partitions. Both go through the same steps:
+A worker folds each batch with a ``Folder``; replay and the tests fold whole
+partitions with ``fold_log``, which uses the same ``Folder``. Every record
+goes through the same steps:
 
 1. ``admit``: decode the record; an undecodable record, or one whose Kafka key
    is not its role id (which would split a role across partitions), becomes a
@@ -33,11 +35,11 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from rolebus.errors import DecodeError
-from rolebus.streams.commits import NO_COMMITS, ChainLookup, Commit, CommitLookup
-from rolebus.streams.fold import apply_event
-from rolebus.streams.outcome import Accepted, Duplicate, Outcome, Rejected, Superseded
-from rolebus.streams.serde import commit_record
-from rolebus.streams.state import FoldConfig, RoleState
+from rolebus.streams.core.commits import NO_COMMITS, ChainLookup, Commit, CommitLookup
+from rolebus.streams.core.fold import DEFAULT_CONFIG, apply_event
+from rolebus.streams.core.outcome import Accepted, Duplicate, Outcome, Rejected, Superseded
+from rolebus.streams.core.serde import commit_record
+from rolebus.streams.core.state import FoldConfig, RoleState
 from rolebus.wal import codec
 from rolebus.wal.canonical import to_micros
 from rolebus.wal.events import CommitId, Envelope, RoleForked, RoleId, WalPosition
@@ -128,22 +130,29 @@ def records_for(item: WalItem, env: Envelope, outcome: Outcome) -> tuple[OutputR
 _LABELS = {Accepted: "accepted", Rejected: "rejected", Duplicate: "duplicate"}
 
 
+def _no_state(role_id: RoleId) -> RoleState | None:
+    return None
+
+
 @dataclass
 class Folder:
-    """Folds the records of one partition; see the module docstring."""
+    """Folds events one at a time into the states of any number of roles, and
+    keeps the commits it cut, which it looks up before ``lookup``: rollbacks
+    and forks within the sequence resolve. The unit of every fold: a worker's
+    batch, ``fold_log``, the workload generator and the tests."""
 
-    source: Callable[[RoleId], RoleState | None]
-    """The stored state of a role (the table), None for an unknown role."""
-    lookup: CommitLookup
-    """Commits stored before this batch (the table, other partitions)."""
-    config: FoldConfig
+    config: FoldConfig = DEFAULT_CONFIG
+    lookup: CommitLookup = NO_COMMITS
+    """Commits cut before this folder (stored, fetched, other partitions)."""
+    source: Callable[[RoleId], RoleState | None] = _no_state
+    """The stored state of a role (a worker's memory), None for an unknown role."""
     states: dict[RoleId, RoleState] = field(default_factory=dict)
     """Roles changed so far, with their latest state."""
-    commits: dict[CommitId, tuple[Commit, WalPosition]] = field(default_factory=dict)
-    """Commits cut so far, with the position of the event that cut each."""
+    commits: dict[CommitId, Commit] = field(default_factory=dict)
+    """Commits cut so far."""
 
     def __post_init__(self) -> None:
-        self._chain = ChainLookup(_NewCommits(self.commits), self.lookup)
+        self._chain = ChainLookup(self.commits, self.lookup)
 
     def state_of(self, role_id: RoleId) -> RoleState | None:
         found = self.states.get(role_id)
@@ -160,30 +169,25 @@ class Folder:
             return None
         return payload.source_commit_id
 
-    def apply(self, item: WalItem, admitted: Envelope | RejectionRecord) -> Step:
-        if isinstance(admitted, RejectionRecord):
-            return Step(admitted.reason, (admitted,))
-        env = admitted
-        state = self.state_of(env.role_id)
+    def fold(self, envelope: Envelope, position: WalPosition | None = None) -> Outcome:
+        """``apply_event`` on the role's current state; keeps the new state and commits."""
+        state = self.state_of(envelope.role_id)
         new, outcome = apply_event(
-            state, env, item.position, lookup=self._chain, config=self.config
+            state, envelope, position, lookup=self._chain, config=self.config
         )
         if new is not None and new is not state:
-            self.states[env.role_id] = new
+            self.states[envelope.role_id] = new
         if isinstance(outcome, Accepted):
-            self.commits.update((c.commit_id, (c, item.position)) for c in outcome.commits)
-        return Step(_LABELS[type(outcome)], records_for(item, env, outcome), env)
+            for commit in outcome.commits:
+                self.commits[commit.commit_id] = commit
+        return outcome
 
-
-class _NewCommits:
-    """A CommitLookup over the commits a Folder cut."""
-
-    def __init__(self, commits: Mapping[CommitId, tuple[Commit, WalPosition]]) -> None:
-        self._commits = commits
-
-    def get(self, commit_id: CommitId, /) -> Commit | None:
-        found = self._commits.get(commit_id)
-        return None if found is None else found[0]
+    def apply(self, item: WalItem, admitted: Envelope | RejectionRecord) -> Step:
+        """Fold one admitted WAL record; its output records."""
+        if isinstance(admitted, RejectionRecord):
+            return Step(admitted.reason, (admitted,))
+        outcome = self.fold(admitted, item.position)
+        return Step(_LABELS[type(outcome)], records_for(item, admitted, outcome), admitted)
 
 
 # --- whole logs (tests, replay) ------------------------------------------------------
@@ -201,39 +205,84 @@ class LogResult:
 
 def fold_log(partitions: Mapping[int, Sequence[WalItem]], config: FoldConfig) -> LogResult:
     """Fold whole partitions with the workers' fork semantics (module docstring)."""
-    folder = Folder(lambda _: None, NO_COMMITS, config)
-    cursors = dict.fromkeys(partitions, 0)
+    folder = Folder(config)
+    cursors = {p: Cursor(items) for p, items in sorted(partitions.items())}
     records: list[OutputRecord] = []
-    while any(cursors[p] < len(items) for p, items in partitions.items()):
-        progressed = False
-        for p in sorted(partitions):
-            progressed = _advance(folder, partitions[p], cursors, p, records) or progressed
-        if not progressed:
-            # Deadlock: every unfinished partition waits for a fork source that no
-            # partition can cut. Fold all those forks at once (refused: unknown commit).
-            for p in sorted(partitions):
-                if cursors[p] < len(partitions[p]):
-                    item = partitions[p][cursors[p]]
-                    records.extend(folder.apply(item, admit(item)).records)
-                    cursors[p] += 1
-    commits = {cid: c for cid, (c, _) in folder.commits.items()}
-    return LogResult(dict(folder.states), commits, tuple(records))
+    while not all(c.done for c in cursors.values()):
+        advance_all(folder, cursors, records)
+        # Deadlock: every unfinished partition waits for a fork source that no
+        # partition can cut. Fold all those forks at once (refused: unknown commit).
+        for p in blocked_forks(folder, cursors):
+            cursors[p].release(folder, records)
+    return LogResult(dict(folder.states), dict(folder.commits), tuple(records))
 
 
-def _advance(
-    folder: Folder, items: Sequence[WalItem], cursors: dict[int, int], p: int,
-    records: list[OutputRecord],
-) -> bool:  # fmt: skip
-    """Fold partition ``p`` until it ends or blocks on a fork; True if it moved."""
-    start = cursors[p]
-    while cursors[p] < len(items):
-        item = items[cursors[p]]
-        admitted = admit(item)
-        if isinstance(admitted, Envelope) and folder.waits_for(admitted) is not None:
-            break
+@dataclass
+class Cursor:
+    """One partition's records, folded in offset order from ``next``."""
+
+    items: Sequence[WalItem]
+    next: int = 0
+    admitted: dict[int, Envelope | RejectionRecord] = field(default_factory=dict)
+    """Admitted items by index (each record is decoded once)."""
+
+    @property
+    def done(self) -> bool:
+        return self.next >= len(self.items)
+
+    def head(self) -> tuple[WalItem, Envelope | RejectionRecord]:
+        return self.items[self.next], self._admit(self.next)
+
+    def pending(self) -> list[Envelope | RejectionRecord]:
+        """Every record not folded yet, admitted (each is decoded once)."""
+        return [self._admit(i) for i in range(self.next, len(self.items))]
+
+    def _admit(self, i: int) -> Envelope | RejectionRecord:
+        found = self.admitted.get(i)
+        if found is None:
+            found = self.admitted[i] = admit(self.items[i])
+        return found
+
+    def waiting_for(self, folder: Folder) -> CommitId | None:
+        """The fork source the head record waits for, if it waits."""
+        if self.done:
+            return None
+        _, admitted = self.head()
+        return folder.waits_for(admitted) if isinstance(admitted, Envelope) else None
+
+    def release(self, folder: Folder, records: list[OutputRecord]) -> None:
+        """Fold the head record now, whatever it waits for."""
+        item, admitted = self.head()
         records.extend(folder.apply(item, admitted).records)
-        cursors[p] += 1
-    return cursors[p] > start
+        self.admitted.pop(self.next, None)
+        self.next += 1
+
+    def advance(self, folder: Folder, records: list[OutputRecord]) -> bool:
+        """Fold until the end or a fork whose source nobody can see; True if it moved."""
+        start = self.next
+        while not self.done and self.waiting_for(folder) is None:
+            self.release(folder, records)
+        return self.next > start
+
+
+def advance_all(folder: Folder, cursors: Mapping[int, Cursor], records: list[OutputRecord]) -> None:
+    """Advance the partitions in turn until none moves (a commit cut in one
+    partition can unblock a fork in another)."""
+    moved = True
+    while moved:
+        moved = False
+        for cursor in cursors.values():
+            moved = cursor.advance(folder, records) or moved
+
+
+def blocked_forks(folder: Folder, cursors: Mapping[int, Cursor]) -> dict[int, CommitId]:
+    """Partition -> the fork source its next record waits for."""
+    out = {}
+    for p, cursor in cursors.items():
+        waiting = cursor.waiting_for(folder)
+        if waiting is not None:
+            out[p] = waiting
+    return out
 
 
 def items_by_partition(items: Iterable[WalItem]) -> dict[int, list[WalItem]]:

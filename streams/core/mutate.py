@@ -1,7 +1,7 @@
 """One mutator per payload type: what an event does to a role's content.
 
 Mutators are pure. They return a ``Change`` (or a ``Refusal``) and leave the
-common bookkeeping to ``rolebus.streams.fold``: seq, the commit cadence, the
+common bookkeeping to ``rolebus.streams.core.fold``: seq, the commit cadence, the
 dedupe window and the WAL position. Conventions a mutator follows:
 
 * the returned state keeps the PREVIOUS seq (the fold adds 1);
@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from functools import singledispatch
 
 from rolebus.errors import FoldError
-from rolebus.streams.commits import CommitKind, CommitLookup
-from rolebus.streams.outcome import Superseded
-from rolebus.streams.rules import (
+from rolebus.streams.core.commits import CommitKind, CommitLookup
+from rolebus.streams.core.outcome import Superseded
+from rolebus.streams.core.rules import (
     Refusal,
     check_message,
     check_not_deleted,
@@ -36,7 +36,7 @@ from rolebus.streams.rules import (
     resolve_fork_source,
     resolve_rollback_target,
 )
-from rolebus.streams.state import (
+from rolebus.streams.core.state import (
     Counters,
     FoldConfig,
     Lifecycle,
@@ -46,6 +46,7 @@ from rolebus.streams.state import (
     SeqRange,
     evolve,
     live_ranges,
+    logical_view,
     normalize_ranges,
     sorted_map,
     subtract_ranges,
@@ -131,7 +132,7 @@ def mutate(payload: object, state: RoleState, ctx: Context) -> Step:
     """Apply an event of an existing role (creation events go elsewhere)."""
     raise FoldError(
         f"role '{state.role_id}': no fold rule for payload {type(payload).__name__} "
-        "(register one in rolebus.streams.mutate)"
+        "(register one in rolebus.streams.core.mutate)"
     )
 
 
@@ -224,11 +225,13 @@ def _rolled_back(payload: RolledBack, state: RoleState, ctx: Context) -> Step:
     if isinstance(target, Refusal):
         return target
     kept = live_ranges(target.snapshot)
-    restored = evolve(
-        target.snapshot,
-        seq=state.seq,
-        counters=evolve(state.counters, rollbacks=state.counters.rollbacks + 1),
-        lineage=Lineage(closed=kept, branch_start=seq),
+    restored = RoleState(
+        **{
+            **logical_view(target.snapshot),
+            "seq": state.seq,
+            "counters": evolve(state.counters, rollbacks=state.counters.rollbacks + 1),
+            "lineage": Lineage(closed=kept, branch_start=seq),
+        },
         head_commit_id=state.head_commit_id,
         events_since_commit=state.events_since_commit,
     )

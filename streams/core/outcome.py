@@ -14,9 +14,9 @@ import uuid
 from dataclasses import dataclass
 from enum import StrEnum
 
-from rolebus.streams.commits import Commit
-from rolebus.streams.rules import Reason
-from rolebus.streams.state import RoleState, SeqRange
+from rolebus.streams.core.commits import Commit
+from rolebus.streams.core.rules import Reason
+from rolebus.streams.core.state import RoleState, SeqRange
 from rolebus.wal.events import RoleId
 
 

@@ -27,8 +27,8 @@ from aiokafka import AIOKafkaConsumer
 
 from rolebus.config import Settings
 from rolebus.endpoints import Endpoints
-from rolebus.streams.batch import LogResult, WalItem, fold_log, items_by_partition
-from rolebus.streams.state import FoldConfig, state_digest
+from rolebus.streams.core.log import LogResult, WalItem, fold_log, items_by_partition
+from rolebus.streams.core.state import FoldConfig, state_digest
 from rolebus.wal import records, topics
 from rolebus.wal.reader import assign_from_beginning, open_consumer
 from rolebus.wal.records import ChangeRecord, CommitRecord, OutputRecord, RejectionRecord

@@ -17,8 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
-from rolebus.streams.commits import Commit
-from rolebus.streams.state import Lifecycle
+from rolebus.streams.core.commits import Commit
+from rolebus.streams.core.state import Lifecycle
 from rolebus.wal.events import (
     CommitId,
     RoleActivated,

@@ -10,7 +10,7 @@ Order of checks: duplicate (event id in the dedupe window, or a position at or
 below the role's last one on the same topic and partition) -> role existence
 (RoleCreated/RoleForked need a new id, everything else a known one) -> tenant
 -> expected_seq (0 for creation events) -> the payload's own rules
-(``rolebus.streams.rules`` via ``rolebus.streams.mutate``).
+(``rolebus.streams.core.rules`` via ``rolebus.streams.core.mutate``).
 
 Invariants: an accepted event gets seq = previous seq + 1; a commit is cut on
 creation, fork, every lifecycle transition, CommitRequested, rollback, and
@@ -22,31 +22,20 @@ redelivered rejected event is a duplicate, not a second rejection record).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-
 from rolebus.errors import FoldError
-from rolebus.streams.commits import (
-    NO_COMMITS,
-    ChainLookup,
-    Commit,
-    CommitKind,
-    CommitLookup,
-    index_commits,
-    make_commit,
-)
-from rolebus.streams.mutate import Change, Context, Step, create_role, fork_role, mutate
-from rolebus.streams.outcome import Accepted, Duplicate, DuplicateBy, Outcome, Rejected
-from rolebus.streams.rules import (
+from rolebus.streams.core.commits import NO_COMMITS, Commit, CommitKind, CommitLookup, make_commit
+from rolebus.streams.core.mutate import Change, Context, Step, create_role, fork_role, mutate
+from rolebus.streams.core.outcome import Accepted, Duplicate, DuplicateBy, Outcome, Rejected
+from rolebus.streams.core.rules import (
     Refusal,
     check_expected_seq,
     check_tenant,
     role_exists,
     unknown_role,
 )
-from rolebus.streams.state import FoldConfig, RoleState, evolve
-from rolebus.streams.window import EventWindow
-from rolebus.wal.events import CommitId, Envelope, RoleCreated, RoleForked, RoleId, WalPosition
+from rolebus.streams.core.state import FoldConfig, RoleState, evolve
+from rolebus.streams.core.window import EventWindow
+from rolebus.wal.events import Envelope, RoleCreated, RoleForked, WalPosition
 
 DEFAULT_CONFIG = FoldConfig()
 
@@ -152,6 +141,10 @@ def _accept(
         events_since_commit=pending,
         **_bookkeeping(previous, envelope, position, config),
     )
+    if commits:
+        # The state's logical part is the commit's: share its one encoding
+        # (the changelog writes it again), do not build it twice.
+        state.__dict__["canonical_text"] = commits[0].snapshot.canonical_text
     accepted = Accepted(
         envelope.event_id, state.role_id, state.seq, state, commits, change.superseded
     )
@@ -172,64 +165,3 @@ def _bookkeeping(
         "recent_event_ids": seen.add(envelope.event_id, config.dedupe_window),
         "last_position": last if position is None else position,
     }
-
-
-@dataclass(frozen=True)
-class FoldResult:
-    """The end of a fold over a sequence of events of any number of roles."""
-
-    states: Mapping[RoleId, RoleState]
-    outcomes: tuple[Outcome, ...]
-    """One per input event, in input order."""
-    commits: Mapping[CommitId, Commit]
-    """Every commit cut during this fold."""
-
-    def commits_of(self, role_id: str) -> tuple[Commit, ...]:
-        """The commits of one role cut during this fold, in seq order."""
-        return tuple(
-            sorted((c for c in self.commits.values() if c.role_id == role_id), key=lambda c: c.seq)
-        )
-
-
-class Folding:
-    """Folds events one at a time into every role's state, keeping the commits
-    cut; they are looked up before ``lookup``, so rollbacks and forks within
-    the sequence resolve. (Tests, replay and workloads; the workers use
-    ``rolebus.streams.batch``.)"""
-
-    def __init__(
-        self,
-        config: FoldConfig = DEFAULT_CONFIG,
-        lookup: CommitLookup = NO_COMMITS,
-        states: dict[RoleId, RoleState] | None = None,
-    ) -> None:
-        self.config = config
-        self.states: dict[RoleId, RoleState] = {} if states is None else states
-        self.commits: dict[CommitId, Commit] = {}
-        self._chain = ChainLookup(self.commits, lookup)
-
-    def apply(self, envelope: Envelope, position: WalPosition | None = None) -> Outcome:
-        role_id = envelope.role_id
-        new, outcome = apply_event(
-            self.states.get(role_id), envelope, position, lookup=self._chain, config=self.config
-        )
-        if new is not None:
-            self.states[role_id] = new
-        if isinstance(outcome, Accepted):
-            self.commits.update(index_commits(outcome.commits))
-        return outcome
-
-
-def fold(
-    events: Iterable[Envelope | Positioned],
-    states: Iterable[RoleState] = (),
-    *,
-    lookup: CommitLookup = NO_COMMITS,
-    config: FoldConfig = DEFAULT_CONFIG,
-) -> FoldResult:
-    """Fold ``events`` (for tests and replay), starting from ``states``."""
-    folding = Folding(config, lookup, {state.role_id: state for state in states})
-    outcomes = [
-        folding.apply(*(item if isinstance(item, tuple) else (item, None))) for item in events
-    ]
-    return FoldResult(folding.states, tuple(outcomes), folding.commits)

@@ -1,8 +1,7 @@
-"""Serialization of the fold's values for tables, changelogs and output records.
+"""Serialization of the fold's values for the changelog and the output records.
 
-``RoleState`` <-> JSON (the ``roles`` table and its changelog) and
-``Commit`` <-> ``rolebus.wal.records.CommitRecord`` (the ``commits`` table,
-its changelog and the ``commits`` output topic share one format).
+``RoleState`` <-> JSON (the worker's state changelog) and ``Commit`` <->
+``rolebus.wal.records.CommitRecord`` (the ``commits`` output topic).
 
 Invariants: ``state_from_json(state_json(s)) == s`` for every state the fold
 can build, bookkeeping included (WAL position, dedupe window, head commit,
@@ -21,81 +20,29 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final
 
-from rolebus.streams.commits import Commit, CommitKind
-from rolebus.streams.state import (
-    Counters,
-    Lifecycle,
-    Lineage,
-    RecentMessage,
-    RoleState,
-    SeqRange,
-    logical_json,
-    sorted_map,
-)
-from rolebus.streams.window import EventWindow
+from rolebus.streams.core.commits import Commit, CommitKind
+from rolebus.streams.core.state import RoleState, logical_json, logical_view
+from rolebus.streams.core.window import EventWindow
 from rolebus.wal.canonical import from_micros, to_micros
-from rolebus.wal.events import (
-    Author,
-    CommitId,
-    Flag,
-    RoleId,
-    TenantId,
-    ToolCall,
-    WalPosition,
-)
+from rolebus.wal.events import CommitId, RoleId, WalPosition
 from rolebus.wal.records import CommitRecord, RecordError
+from rolebus.wal.snapshot import Snapshot, logical_fields
 
-STATE_VERSION: Final = 2
-_AUTHORS: Final = {a.value: a for a in Author}
-_FLAGS: Final = {f.value: f for f in Flag}
-_LIFECYCLES: Final = {lc.value: lc for lc in Lifecycle}
+STATE_VERSION: Final = 3
 _KINDS: Final = {k.value: k for k in CommitKind}
 
 
 # --- logical state ---------------------------------------------------------------
 
 
-def _tool_call(data: Mapping[str, Any] | None) -> ToolCall | None:
-    if data is None:
-        return None
-    return ToolCall(data["name"], data["arguments_json"], data["result"])
-
-
-def _message(d: Mapping[str, Any]) -> RecentMessage:
-    return RecentMessage(
-        message_id=d["message_id"], seq=d["seq"], role_id=RoleId(d["role_id"]),
-        author=_AUTHORS[d["author"]], content=d["content"],
-        occurred_at=from_micros(d["occurred_at"]),
-        flags=frozenset(_FLAGS[f] for f in d["flags"]), tool_call=_tool_call(d["tool_call"]),
-    )  # fmt: skip
-
-
-def _counters(d: Mapping[str, Any]) -> Counters:
-    return Counters(
-        messages=sorted_map(d["messages"]), tokens_in=d["tokens_in"], tokens_out=d["tokens_out"],
-        tool_calls=d["tool_calls"], flags=sorted_map(d["flags"]),
-        persona_updates=d["persona_updates"], rollbacks=d["rollbacks"],
-    )  # fmt: skip
-
-
 def state_from_logical(d: Mapping[str, Any], **bookkeeping: Any) -> RoleState:
-    """A state from ``logical_json`` data plus the given bookkeeping fields."""
-    try:
-        lineage = d["lineage"]
-        return RoleState(
-            role_id=RoleId(d["role_id"]), tenant_id=TenantId(d["tenant_id"]),
-            lifecycle=_LIFECYCLES[d["lifecycle"]], name=d["name"], persona=d["persona"],
-            traits=sorted_map(d["traits"]), model=d["model"], skills=tuple(d["skills"]),
-            seq=d["seq"], counters=_counters(d["counters"]),
-            messages=tuple(_message(m) for m in d["messages"]),
-            lineage=Lineage(
-                closed=tuple(SeqRange(a, b) for a, b in lineage["closed"]),
-                branch_start=lineage["branch_start"],
-            ),
-            **bookkeeping,
-        )  # fmt: skip
-    except (KeyError, IndexError, TypeError, ValueError) as exc:
-        raise RecordError(f"role state: malformed logical state ({exc!r})") from exc
+    """A state from ``snapshot_json`` data plus the given bookkeeping fields."""
+    return RoleState(**logical_fields(d), **bookkeeping)
+
+
+def state_from_snapshot(snapshot: Snapshot, **bookkeeping: Any) -> RoleState:
+    """A state from a commit's snapshot plus the given bookkeeping fields."""
+    return RoleState(**logical_view(snapshot), **bookkeeping)
 
 
 # --- full state (table values) -----------------------------------------------------
@@ -123,17 +70,20 @@ def _window(doc: Sequence[str]) -> EventWindow:
     return EventWindow(tuple(frozenset(_ids(chunk)) for chunk in doc[:-1]), _ids(doc[-1]))
 
 
-def state_json(s: RoleState) -> dict[str, Any]:
-    """The whole state, bookkeeping included, as JSON data."""
+def _bookkeeping_json(s: RoleState) -> dict[str, Any]:
     pos = s.last_position
     return {
         "v": STATE_VERSION,
-        "logical": logical_json(s),
         "head_commit_id": s.head_commit_id,
         "events_since_commit": s.events_since_commit,
         "last_position": None if pos is None else [pos.topic, pos.partition, pos.offset],
         "recent_event_ids": _window_json(s.recent_event_ids),
     }
+
+
+def state_json(s: RoleState) -> dict[str, Any]:
+    """The whole state, bookkeeping included, as JSON data."""
+    return {**_bookkeeping_json(s), "logical": logical_json(s)}
 
 
 def state_from_json(d: Mapping[str, Any]) -> RoleState:
@@ -154,7 +104,10 @@ def state_from_json(d: Mapping[str, Any]) -> RoleState:
 
 
 def encode_state(s: RoleState) -> bytes:
-    return json.dumps(state_json(s), separators=(",", ":"), ensure_ascii=False).encode()
+    """``state_json(s)`` as compact JSON, the logical part spliced in from the
+    state's canonical text (built once: a state at a commit shares the commit's)."""
+    doc = json.dumps(_bookkeeping_json(s), separators=(",", ":"), ensure_ascii=False)
+    return f'{doc[:-1]},"logical":{s.canonical_text}}}'.encode()
 
 
 def decode_state(data: bytes) -> RoleState:
@@ -174,7 +127,7 @@ def commit_record(commit: Commit, position: WalPosition | None = None) -> Commit
         tenant_id=commit.snapshot.tenant_id, parent_id=commit.parent_id, seq=commit.seq,
         state_digest=commit.state_digest, occurred_at_us=to_micros(commit.occurred_at),
         kind=commit.kind.value, label=commit.label, event_id=str(commit.event_id),
-        position=position, snapshot=logical_json(commit.snapshot),
+        position=position, snapshot=commit.snapshot,
     )  # fmt: skip
 
 
@@ -193,5 +146,5 @@ def commit_from_record(rec: CommitRecord) -> Commit:
         parent_id=None if rec.parent_id is None else CommitId(rec.parent_id),
         seq=rec.seq, state_digest=rec.state_digest, occurred_at=from_micros(rec.occurred_at_us),
         kind=kind, label=rec.label, event_id=event_id,
-        snapshot=state_from_logical(rec.snapshot, head_commit_id=commit_id),
+        snapshot=rec.snapshot,
     )  # fmt: skip

@@ -15,27 +15,27 @@ whitespace, non-ASCII kept as is (``rolebus.wal.canonical``); key order in
 the source is therefore irrelevant. Nothing else enters the id: no WAL
 offsets, no wall clock, no bookkeeping, no kind or label.
 
-Invariants: ``commit.snapshot`` is the committed state without bookkeeping
-(no WAL position, no dedupe history) whose ``head_commit_id`` is the commit's
-own id and ``events_since_commit`` is 0; ``state_digest(commit.snapshot) ==
-commit.state_digest``; ``commit.seq == commit.snapshot.seq``. A fork's first
-commit has the source commit as parent, so ``parent_id`` may name another
-role's commit.
+Invariants: ``commit.snapshot`` is the committed logical state (a plain
+``Snapshot``: no bookkeeping); its canonical text is built ONCE, for the
+digest, and reused as is by the commit record and the changelog;
+``state_digest(commit.snapshot) == commit.state_digest``; ``commit.seq ==
+commit.snapshot.seq``. A fork's first commit has the source commit as
+parent, so ``parent_id`` may name another role's commit.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Protocol
 
-from rolebus.streams.state import RoleState, evolve, state_digest
-from rolebus.streams.window import EventWindow
+from rolebus.streams.core.state import RoleState, snapshot_of
 from rolebus.wal.canonical import sha256_hex, to_micros
 from rolebus.wal.events import CommitId, RoleId
+from rolebus.wal.snapshot import Snapshot, state_digest, text_digest
 
 
 class CommitKind(StrEnum):
@@ -73,8 +73,8 @@ class Commit:
     """The tag of a manual commit; None for every other kind."""
     event_id: uuid.UUID
     """The event that cut the commit (audit only; not part of the id)."""
-    snapshot: RoleState
-    """The committed state, without bookkeeping."""
+    snapshot: Snapshot
+    """The committed logical state."""
 
 
 class CommitLookup(Protocol):
@@ -98,7 +98,12 @@ class ChainLookup:
         return None
 
 
-NO_COMMITS: Mapping[CommitId, Commit] = {}
+class _NoCommits:
+    def get(self, commit_id: CommitId, /) -> Commit | None:
+        return None
+
+
+NO_COMMITS: CommitLookup = _NoCommits()
 """A lookup that knows no commit."""
 
 
@@ -132,12 +137,9 @@ def make_commit(
     label: str | None = None,
 ) -> Commit:
     """Commit ``state``; its parent is ``state.head_commit_id``."""
-    digest = state_digest(state)
+    snapshot = snapshot_of(state)
+    digest = text_digest(snapshot.canonical_text)  # the one encoding of this state
     commit_id = commit_id_for(state.role_id, state.head_commit_id, state.seq, digest, occurred_at)
-    snapshot = evolve(
-        state, head_commit_id=commit_id, events_since_commit=0, last_position=None,
-        recent_event_ids=EventWindow(),
-    )  # fmt: skip
     return Commit(
         commit_id=commit_id,
         role_id=state.role_id,
@@ -164,7 +166,6 @@ def is_consistent(commit: Commit) -> bool:
         and expected == commit.commit_id
         and commit.snapshot.seq == commit.seq
         and commit.snapshot.role_id == commit.role_id
-        and commit.snapshot.head_commit_id == commit.commit_id
     )
 
 
