@@ -36,6 +36,7 @@ from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
 from rolebus.config import Settings
 from rolebus.endpoints import Endpoints
+from rolebus.errors import StoreError, TransportError
 from rolebus.projectors import db
 from rolebus.projectors.embedder import embed_contents
 from rolebus.projectors.embeddings import EmbeddingProvider as Embedder
@@ -43,6 +44,7 @@ from rolebus.projectors.plan import Fetched, Plan, decode_batch, plan_batch
 from rolebus.projectors.staging import Vectored
 from rolebus.projectors.store import TP, Fenced, Store, Written
 from rolebus.wal import topics
+from rolebus.wal.connect import within
 
 log = logging.getLogger(__name__)
 OUTPUT_KINDS = ("changes", "commits", "rejections")
@@ -263,6 +265,19 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
             await self.projector.seek_stored(sorted(assigned))
 
 
+def _consumer(settings: Settings, ends: Endpoints, options: ProjectorOptions) -> AIOKafkaConsumer:
+    return AIOKafkaConsumer(
+        bootstrap_servers=ends.kafka_bootstrap,
+        group_id=options.group_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        partition_assignment_strategy=(RangePartitionAssignor,),
+        session_timeout_ms=int(options.session_timeout_s * 1000),
+        heartbeat_interval_ms=int(options.session_timeout_s * 1000 / 4),
+        max_partition_fetch_bytes=topics.max_state_bytes(settings),
+    )
+
+
 async def run_projector(
     settings: Settings,
     ends: Endpoints,
@@ -277,30 +292,27 @@ async def run_projector(
         )
         store = Store(conn, options.group_id)
         await store.prepare()
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=ends.kafka_bootstrap,
-            group_id=options.group_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            partition_assignment_strategy=(RangePartitionAssignor,),
-            session_timeout_ms=int(options.session_timeout_s * 1000),
-            heartbeat_interval_ms=int(options.session_timeout_s * 1000 / 4),
-            max_partition_fetch_bytes=topics.max_state_bytes(settings),
-        )
+        consumer = _consumer(settings, ends, options)
         projector = Projector(consumer, store, embedder, options)
         names = [topics.topic_name(settings, k) for k in OUTPUT_KINDS]
         consumer.subscribe(names, listener=_Listener(projector))
-        await consumer.start()
+        await within(settings, ends, consumer.start(), "projector start")
         log.info(
             "projector %s: schema %s, topics %s, embeddings %s (%d dims)",
-            options.group_id,
-            options.schema,
-            ", ".join(names),
-            embedder.name,
-            embedder.dim,
-        )
+            options.group_id, options.schema, ", ".join(names), embedder.name, embedder.dim,
+        )  # fmt: skip
         try:
             await projector.run(stop)
+        except psycopg.Error as exc:
+            raise StoreError(
+                f"projector {options.group_id}: PostgreSQL failed ({exc}); nothing of the "
+                "batch in flight was stored, restart `rolebus project` to resume"
+            ) from exc
+        except KafkaError as exc:
+            raise TransportError(
+                f"projector {options.group_id}: Kafka failed ({exc}); restart `rolebus project`",
+                retriable=bool(getattr(exc, "retriable", False)),
+            ) from exc
         finally:
             await consumer.stop()
         return projector.stats
