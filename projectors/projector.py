@@ -3,8 +3,9 @@
 A consumer group over ``<prefix>.changes``, ``.commits`` and ``.rejections``.
 Per ``getmany`` batch: decode and plan (pure), embed the messages (outside
 the transaction), then ``Store.write`` the rows and the consumed offsets in
-one PostgreSQL transaction. Nothing waits to fill a batch: ``getmany``'s wait
-applies only when nothing was fetched.
+one PostgreSQL transaction; the next batch is prepared while one is written.
+Nothing waits to fill a batch: ``getmany``'s wait applies only when nothing
+was fetched.
 
 Invariants:
 * positions live in PostgreSQL (``projector_offsets``); on assignment every
@@ -82,6 +83,17 @@ class Stats:
         self.rejections += w.rejections
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A batch decoded, planned and embedded, waiting for its transaction."""
+
+    records: int
+    plan: Plan
+    embedded: Mapping[str, Vectored]
+    spans: Mapping[TP, tuple[int, int]]
+    """Partition -> (offset the batch starts from, next offset)."""
+
+
 def default_group(settings: Settings) -> str:
     return f"{settings.app_id}-projector"
 
@@ -103,6 +115,9 @@ class Projector:
         self.lock = asyncio.Lock()
         self.positions: dict[TP, int] = {}
         """Next offset per owned partition, as stored in PostgreSQL."""
+        self.fetched_to: dict[TP, int] = {}
+        """Next offset per owned partition past the batches taken so far (one
+        batch ahead of ``positions`` while the previous one is being written)."""
         self.stats = Stats()
         self._kafka_committed_at = 0.0
         self._forks_filled_at = 0.0
@@ -117,6 +132,7 @@ class Projector:
             offset = stored[(tp.topic, tp.partition)]
             self.consumer.seek(tp, offset)
             self.positions[(tp.topic, tp.partition)] = offset
+            self.fetched_to[(tp.topic, tp.partition)] = offset
         log.info(
             "projector %s: resumed %d partitions from stored offsets",
             self.options.group_id,
@@ -124,18 +140,29 @@ class Projector:
         )
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Fetch, prepare (decode, plan, embed) the next batch while the previous
+        one is written; at most one batch is written at a time, in order."""
         last_report = time.monotonic()
-        while not stop.is_set():
-            batch = await self.consumer.getmany(
-                timeout_ms=self.options.fetch_wait_ms, max_records=self.options.batch_size
-            )
-            if batch:
-                await self.project(batch)
-            else:
-                await self._idle()
-            if time.monotonic() - last_report >= self.options.progress_every_s:
-                self.report()
-                last_report = time.monotonic()
+        writing: asyncio.Task[None] | None = None
+        try:
+            while not stop.is_set():
+                batch = await self.consumer.getmany(
+                    timeout_ms=self.options.fetch_wait_ms, max_records=self.options.batch_size
+                )
+                prepared = await self.prepare(batch) if batch else None
+                if writing is not None and (prepared is not None or writing.done()):
+                    await writing
+                    writing = None
+                if prepared is not None:
+                    writing = asyncio.create_task(self.commit(prepared))
+                elif writing is None:
+                    await self._idle()
+                if time.monotonic() - last_report >= self.options.progress_every_s:
+                    self.report()
+                    last_report = time.monotonic()
+        finally:
+            if writing is not None:
+                await writing
         self.report()
 
     async def _idle(self) -> None:
@@ -153,49 +180,62 @@ class Projector:
                 filled,
             )
 
-    async def project(
+    async def prepare(
         self, batch: Mapping[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
-    ) -> None:
+    ) -> Prepared | None:
+        """Decode, plan and embed the records past ``fetched_to`` (no store access)."""
         fetched, spans = self._take(batch)
         if not fetched:
-            return
+            return None
         plan = plan_batch(decode_batch(fetched))
         rows = plan.message_rows()
         done = await embed_contents(self.embedder, [m.content for m in rows])
         embedded: dict[str, Vectored] = {
             m.event_id: (v, e) for m, v, e in zip(rows, done.vectors, done.errors, strict=True)
         }
+        return Prepared(len(fetched), plan, embedded, spans)
+
+    async def commit(self, p: Prepared) -> None:
+        """Write a prepared batch unless a rebalance or a failed write moved its
+        partitions meanwhile (then they are read again from their positions)."""
         async with self.lock:
-            if any(self.positions.get(tp) != start for tp, (start, _) in spans.items()):
-                # A rebalance moved partitions meanwhile: drop the batch and read the
-                # ones still owned again from their positions (the consumer is past them).
-                for (topic, partition), start in self.positions.items():
-                    if (topic, partition) in spans:
-                        self.consumer.seek(TopicPartition(topic, partition), start)
+            if any(self.positions.get(tp) != start for tp, (start, _) in p.spans.items()):
+                self._reread(p.spans)
                 return
-            written = await self._write(plan, embedded, spans)
+            written = await self._write(p.plan, p.embedded, p.spans)
             if written is None:
                 return
-            for tp, (_, nxt) in spans.items():
+            for tp, (_, nxt) in p.spans.items():
                 self.positions[tp] = nxt
-            if plan.commits:  # a fork projected before its source commit gets it now
+            if p.plan.commits:  # a fork projected before its source commit gets it now
                 await self.store.fill_forks()
-        self.stats.add(len(fetched), written)
+        self.stats.add(p.records, written)
         await self._commit_kafka()
+
+    def _reread(self, spans: Mapping[TP, tuple[int, int]]) -> None:
+        """Seek the owned partitions of a dropped batch back to their positions
+        (the consumer, and ``fetched_to``, are past them)."""
+        for tp in spans:
+            start = self.positions.get(tp)
+            if start is not None:
+                self.consumer.seek(TopicPartition(*tp), start)
+                self.fetched_to[tp] = start
 
     def _take(
         self, batch: Mapping[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
     ) -> tuple[list[Fetched], dict[TP, tuple[int, int]]]:
-        """The records past each owned partition's position, and (start, next) offsets."""
+        """The records past each owned partition's ``fetched_to``, and (start, next)
+        offsets; advances ``fetched_to``."""
         fetched: list[Fetched] = []
         spans: dict[TP, tuple[int, int]] = {}
         for tp, recs in batch.items():
             key = (tp.topic, tp.partition)
-            start = self.positions.get(key)
+            start = self.fetched_to.get(key)
             fresh = [r for r in recs if start is not None and r.offset >= start]
             if not fresh or start is None:
                 continue
             spans[key] = (start, fresh[-1].offset + 1)
+            self.fetched_to[key] = fresh[-1].offset + 1
             fetched += [
                 Fetched(r.topic, r.partition, r.offset, r.timestamp, r.value or b"") for r in fresh
             ]
@@ -259,6 +299,7 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         async with self.projector.lock:  # the batch in flight finishes first
             for tp in revoked:
                 self.projector.positions.pop((tp.topic, tp.partition), None)
+                self.projector.fetched_to.pop((tp.topic, tp.partition), None)
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         async with self.projector.lock:
