@@ -285,9 +285,10 @@ class Projector:
         rate = (s.records - records) / max(1e-9, time.monotonic() - then)
         log.info(
             "projector %s: %d records (%.0f/s now) in %d batches -> %d events, %d messages, "
-            "%d commits, %d rejections new; lag %d records on %d partitions",
+            "%d commits, %d rejections new; lag %d records on %d partitions; "
+            "%d batches fenced, %d retried",
             self.options.group_id, s.records, rate, s.batches, s.events, s.messages, s.commits,
-            s.rejections, self.lag(), len(self.positions),
+            s.rejections, self.lag(), len(self.positions), s.fenced, s.retried,
         )  # fmt: skip
 
 
