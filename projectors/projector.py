@@ -3,8 +3,9 @@
 A consumer group over ``<prefix>.changes``, ``.commits`` and ``.rejections``.
 Per ``getmany`` batch: decode and plan (pure), embed the messages (outside
 the transaction), then ``Store.write`` the rows and the consumed offsets in
-one PostgreSQL transaction. Nothing waits to fill a batch: ``getmany``'s wait
-applies only when nothing was fetched.
+one PostgreSQL transaction; the next batch is prepared while one is written.
+Nothing waits to fill a batch: ``getmany``'s wait applies only when nothing
+was fetched.
 
 Invariants:
 * positions live in PostgreSQL (``projector_offsets``); on assignment every
@@ -25,9 +26,8 @@ import asyncio
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 import psycopg
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -37,12 +37,15 @@ from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
 from rolebus.config import Settings
 from rolebus.endpoints import Endpoints
+from rolebus.errors import StoreError, TransportError
 from rolebus.projectors import db
 from rolebus.projectors.embedder import embed_contents
 from rolebus.projectors.embeddings import EmbeddingProvider as Embedder
-from rolebus.projectors.plan import Fetched, decode_batch, plan_batch
-from rolebus.projectors.store import TP, Fenced, Store, Vectored, Written
+from rolebus.projectors.plan import Fetched, Plan, decode_batch, plan_batch
+from rolebus.projectors.staging import Vectored
+from rolebus.projectors.store import TP, Fenced, Store, Written
 from rolebus.wal import topics
+from rolebus.wal.connect import within
 
 log = logging.getLogger(__name__)
 OUTPUT_KINDS = ("changes", "commits", "rejections")
@@ -70,7 +73,6 @@ class Stats:
     rejections: int = 0
     fenced: int = 0
     retried: int = 0
-    started: float = field(default_factory=time.monotonic)
 
     def add(self, n: int, w: Written) -> None:
         self.batches += 1
@@ -79,6 +81,17 @@ class Stats:
         self.messages += w.messages
         self.commits += w.commits
         self.rejections += w.rejections
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A batch decoded, planned and embedded, waiting for its transaction."""
+
+    records: int
+    plan: Plan
+    embedded: Mapping[str, Vectored]
+    spans: Mapping[TP, tuple[int, int]]
+    """Partition -> (offset the batch starts from, next offset)."""
 
 
 def default_group(settings: Settings) -> str:
@@ -102,8 +115,13 @@ class Projector:
         self.lock = asyncio.Lock()
         self.positions: dict[TP, int] = {}
         """Next offset per owned partition, as stored in PostgreSQL."""
+        self.fetched_to: dict[TP, int] = {}
+        """Next offset per owned partition past the batches taken so far (one
+        batch ahead of ``positions`` while the previous one is being written)."""
         self.stats = Stats()
         self._kafka_committed_at = 0.0
+        self._forks_filled_at = 0.0
+        self._reported = (time.monotonic(), 0)
 
     async def seek_stored(self, tps: Sequence[TopicPartition]) -> None:
         """Seek to the offsets stored in PostgreSQL (caller holds the lock)."""
@@ -114,6 +132,7 @@ class Projector:
             offset = stored[(tp.topic, tp.partition)]
             self.consumer.seek(tp, offset)
             self.positions[(tp.topic, tp.partition)] = offset
+            self.fetched_to[(tp.topic, tp.partition)] = offset
         log.info(
             "projector %s: resumed %d partitions from stored offsets",
             self.options.group_id,
@@ -121,21 +140,37 @@ class Projector:
         )
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Fetch, prepare (decode, plan, embed) the next batch while the previous
+        one is written; at most one batch is written at a time, in order."""
         last_report = time.monotonic()
-        while not stop.is_set():
-            batch = await self.consumer.getmany(
-                timeout_ms=self.options.fetch_wait_ms, max_records=self.options.batch_size
-            )
-            if batch:
-                await self.project(batch)
-            else:
-                await self._idle()
-            if time.monotonic() - last_report >= self.options.progress_every_s:
-                self.report()
-                last_report = time.monotonic()
+        writing: asyncio.Task[None] | None = None
+        try:
+            while not stop.is_set():
+                batch = await self.consumer.getmany(
+                    timeout_ms=self.options.fetch_wait_ms, max_records=self.options.batch_size
+                )
+                prepared = await self.prepare(batch) if batch else None
+                if writing is not None and (prepared is not None or writing.done()):
+                    await writing
+                    writing = None
+                if prepared is not None:
+                    writing = asyncio.create_task(self.commit(prepared))
+                elif writing is None:
+                    await self._idle()
+                if time.monotonic() - last_report >= self.options.progress_every_s:
+                    self.report()
+                    last_report = time.monotonic()
+        finally:
+            if writing is not None:
+                await writing
         self.report()
 
     async def _idle(self) -> None:
+        """Nothing fetched: give pending forks their source's live ranges (a source
+        commit another process projected after the fork), at most every 2 s."""
+        if time.monotonic() - self._forks_filled_at < 2.0:
+            return
+        self._forks_filled_at = time.monotonic()
         async with self.lock:
             filled = await self.store.fill_forks()
         if filled:
@@ -145,52 +180,69 @@ class Projector:
                 filled,
             )
 
-    async def project(
+    async def prepare(
         self, batch: Mapping[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
-    ) -> None:
+    ) -> Prepared | None:
+        """Decode, plan and embed the records past ``fetched_to`` (no store access)."""
         fetched, spans = self._take(batch)
         if not fetched:
-            return
+            return None
         plan = plan_batch(decode_batch(fetched))
         rows = plan.message_rows()
         done = await embed_contents(self.embedder, [m.content for m in rows])
         embedded: dict[str, Vectored] = {
             m.event_id: (v, e) for m, v, e in zip(rows, done.vectors, done.errors, strict=True)
         }
+        return Prepared(len(fetched), plan, embedded, spans)
+
+    async def commit(self, p: Prepared) -> None:
+        """Write a prepared batch unless a rebalance or a failed write moved its
+        partitions meanwhile (then they are read again from their positions)."""
         async with self.lock:
-            owned = {tp: span for tp, span in spans.items() if self.positions.get(tp) == span[0]}
-            if owned != spans:
-                return  # a rebalance moved some partitions meanwhile: they are re-read
-            written = await self._write(plan, embedded, spans)
+            if any(self.positions.get(tp) != start for tp, (start, _) in p.spans.items()):
+                self._reread(p.spans)
+                return
+            written = await self._write(p.plan, p.embedded, p.spans)
             if written is None:
                 return
-            for tp, (_, nxt) in spans.items():
+            for tp, (_, nxt) in p.spans.items():
                 self.positions[tp] = nxt
-            if plan.commits:  # a fork projected before its source commit gets it now
+            if p.plan.commits:  # a fork projected before its source commit gets it now
                 await self.store.fill_forks()
-        self.stats.add(len(fetched), written)
+        self.stats.add(p.records, written)
         await self._commit_kafka()
+
+    def _reread(self, spans: Mapping[TP, tuple[int, int]]) -> None:
+        """Seek the owned partitions of a dropped batch back to their positions
+        (the consumer, and ``fetched_to``, are past them)."""
+        for tp in spans:
+            start = self.positions.get(tp)
+            if start is not None:
+                self.consumer.seek(TopicPartition(*tp), start)
+                self.fetched_to[tp] = start
 
     def _take(
         self, batch: Mapping[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
     ) -> tuple[list[Fetched], dict[TP, tuple[int, int]]]:
-        """The records past each owned partition's position, and (start, next) offsets."""
+        """The records past each owned partition's ``fetched_to``, and (start, next)
+        offsets; advances ``fetched_to``."""
         fetched: list[Fetched] = []
         spans: dict[TP, tuple[int, int]] = {}
         for tp, recs in batch.items():
             key = (tp.topic, tp.partition)
-            start = self.positions.get(key)
+            start = self.fetched_to.get(key)
             fresh = [r for r in recs if start is not None and r.offset >= start]
             if not fresh or start is None:
                 continue
             spans[key] = (start, fresh[-1].offset + 1)
+            self.fetched_to[key] = fresh[-1].offset + 1
             fetched += [
                 Fetched(r.topic, r.partition, r.offset, r.timestamp, r.value or b"") for r in fresh
             ]
         return fetched, spans
 
     async def _write(
-        self, plan: Any, embedded: Mapping[str, Vectored], spans: Mapping[TP, tuple[int, int]]
+        self, plan: Plan, embedded: Mapping[str, Vectored], spans: Mapping[TP, tuple[int, int]]
     ) -> Written | None:
         for attempt in range(5):
             try:
@@ -228,12 +280,15 @@ class Projector:
 
     def report(self) -> None:
         s = self.stats
-        rate = s.records / max(1e-9, time.monotonic() - s.started)
+        then, records = self._reported
+        self._reported = (time.monotonic(), s.records)
+        rate = (s.records - records) / max(1e-9, time.monotonic() - then)
         log.info(
-            "projector %s: %d records (%.0f/s) in %d batches -> %d events, %d messages, "
-            "%d commits, %d rejections new; lag %d records on %d partitions",
+            "projector %s: %d records (%.0f/s now) in %d batches -> %d events, %d messages, "
+            "%d commits, %d rejections new; lag %d records on %d partitions; "
+            "%d batches fenced, %d retried",
             self.options.group_id, s.records, rate, s.batches, s.events, s.messages, s.commits,
-            s.rejections, self.lag(), len(self.positions),
+            s.rejections, self.lag(), len(self.positions), s.fenced, s.retried,
         )  # fmt: skip
 
 
@@ -245,10 +300,24 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         async with self.projector.lock:  # the batch in flight finishes first
             for tp in revoked:
                 self.projector.positions.pop((tp.topic, tp.partition), None)
+                self.projector.fetched_to.pop((tp.topic, tp.partition), None)
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         async with self.projector.lock:
             await self.projector.seek_stored(sorted(assigned))
+
+
+def _consumer(settings: Settings, ends: Endpoints, options: ProjectorOptions) -> AIOKafkaConsumer:
+    return AIOKafkaConsumer(
+        bootstrap_servers=ends.kafka_bootstrap,
+        group_id=options.group_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        partition_assignment_strategy=(RangePartitionAssignor,),
+        session_timeout_ms=int(options.session_timeout_s * 1000),
+        heartbeat_interval_ms=int(options.session_timeout_s * 1000 / 4),
+        max_partition_fetch_bytes=topics.max_state_bytes(settings),
+    )
 
 
 async def run_projector(
@@ -265,30 +334,27 @@ async def run_projector(
         )
         store = Store(conn, options.group_id)
         await store.prepare()
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=ends.kafka_bootstrap,
-            group_id=options.group_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            partition_assignment_strategy=(RangePartitionAssignor,),
-            session_timeout_ms=int(options.session_timeout_s * 1000),
-            heartbeat_interval_ms=int(options.session_timeout_s * 1000 / 4),
-            max_partition_fetch_bytes=topics.max_state_bytes(settings),
-        )
+        consumer = _consumer(settings, ends, options)
         projector = Projector(consumer, store, embedder, options)
         names = [topics.topic_name(settings, k) for k in OUTPUT_KINDS]
         consumer.subscribe(names, listener=_Listener(projector))
-        await consumer.start()
+        await within(settings, ends, consumer.start(), "projector start")
         log.info(
             "projector %s: schema %s, topics %s, embeddings %s (%d dims)",
-            options.group_id,
-            options.schema,
-            ", ".join(names),
-            embedder.name,
-            embedder.dim,
-        )
+            options.group_id, options.schema, ", ".join(names), embedder.name, embedder.dim,
+        )  # fmt: skip
         try:
             await projector.run(stop)
+        except psycopg.Error as exc:
+            raise StoreError(
+                f"projector {options.group_id}: PostgreSQL failed ({exc}); nothing of the "
+                "batch in flight was stored, restart `rolebus project` to resume"
+            ) from exc
+        except KafkaError as exc:
+            raise TransportError(
+                f"projector {options.group_id}: Kafka failed ({exc}); restart `rolebus project`",
+                retriable=bool(getattr(exc, "retriable", False)),
+            ) from exc
         finally:
             await consumer.stop()
         return projector.stats

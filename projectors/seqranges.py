@@ -1,7 +1,8 @@
 """Inclusive seq ranges ``(first, last)`` and their PostgreSQL ``int8multirange`` text.
 
 The projector keeps the live / superseded seqs of roles as sorted, disjoint,
-non-adjacent ranges (the same normal form the fold writes in its records).
+non-adjacent ranges (the normal form of ``rolebus.wal.snapshot``, whose range
+arithmetic this module uses on plain pairs).
 
 Invariants: every function returns normalized ranges; ``literal`` is the
 canonical ``int8multirange`` text (half-open ``[first,last+1)``), so a range
@@ -13,30 +14,19 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from rolebus.wal.snapshot import SeqRange, normalize_ranges, subtract_ranges
+
 Ranges = tuple[tuple[int, int], ...]
 
 
 def normalize(ranges: Iterable[tuple[int, int]]) -> Ranges:
     """Sort, drop empty ranges, merge overlapping or adjacent ones."""
-    merged: list[tuple[int, int]] = []
-    for first, last in sorted(r for r in ranges if r[0] <= r[1]):
-        if merged and first <= merged[-1][1] + 1:
-            merged[-1] = (merged[-1][0], max(last, merged[-1][1]))
-        else:
-            merged.append((first, last))
-    return tuple(merged)
+    return normalize_ranges(SeqRange(*r) for r in ranges)
 
 
 def subtract(ranges: Iterable[tuple[int, int]], removed: Iterable[tuple[int, int]]) -> Ranges:
     """The seqs of ``ranges`` that are not in ``removed``."""
-    pieces = list(normalize(ranges))
-    for cut_first, cut_last in normalize(removed):
-        kept: list[tuple[int, int]] = []
-        for first, last in pieces:
-            kept.append((first, min(last, cut_first - 1)))
-            kept.append((max(first, cut_last + 1), last))
-        pieces = [p for p in kept if p[0] <= p[1]]
-    return normalize(pieces)
+    return subtract_ranges((SeqRange(*r) for r in ranges), (SeqRange(*r) for r in removed))
 
 
 def add(ranges: Iterable[tuple[int, int]], more: Iterable[tuple[int, int]]) -> Ranges:

@@ -1,11 +1,12 @@
 """What the projector reads from a commit record's snapshot: ONE function.
 
 The committed state is typed (``rolebus.wal.snapshot.Snapshot``);
-``read_snapshot`` takes what the store's rows need from it, in one place.
+``read_snapshot`` takes the columns the projector writes from it: the role's
+content fields, its live seq ranges and the snapshot's canonical JSON (the
+``commits.snapshot`` JSONB, the very text the state digest hashes).
 
 Invariants: ``live`` is the lineage's closed ranges plus ``[branch_start,
-seq]``, normalized (the role's live seqs at the commit); ``json_text`` is the
-snapshot's canonical JSON (the text its digest was computed from).
+seq]``, normalized (``wal.snapshot.live_ranges``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from rolebus.projectors import seqranges
+from rolebus.projectors.seqranges import Ranges
 from rolebus.wal.records import CommitRecord
 from rolebus.wal.snapshot import live_ranges
 
@@ -27,16 +28,15 @@ class SnapshotView:
     model: str | None
     skills: tuple[str, ...]
     seq: int
-    live: seqranges.Ranges
+    live: Ranges
     json_text: str
-    """The whole snapshot as JSON text (the commits.snapshot JSONB)."""
+    """The whole snapshot as canonical JSON text (the commits.snapshot JSONB)."""
 
 
 def read_snapshot(rec: CommitRecord) -> SnapshotView:
-    snap = rec.snapshot
+    s = rec.snapshot
     return SnapshotView(
-        lifecycle=snap.lifecycle.value, name=snap.name, persona=snap.persona,
-        traits=dict(snap.traits), model=snap.model, skills=snap.skills, seq=snap.seq,
-        live=seqranges.normalize((r.first, r.last) for r in live_ranges(snap)),
-        json_text=snap.canonical_text,
+        lifecycle=s.lifecycle.value, name=s.name, persona=s.persona, traits=dict(s.traits),
+        model=s.model, skills=tuple(s.skills), seq=s.seq, live=live_ranges(s),
+        json_text=s.canonical_text,
     )  # fmt: skip

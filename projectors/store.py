@@ -23,76 +23,36 @@ statements are composed with ``psycopg.sql`` only.
 
 from __future__ import annotations
 
-import json
-import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final, LiteralString
+from typing import Any, LiteralString
 
 import psycopg
 from psycopg import sql
-from psycopg.types.json import Jsonb
 
 from rolebus.errors import StoreError
 from rolebus.projectors import rollup, seqranges
 from rolebus.projectors.plan import CommitRow, EventRow, MessageRow, Plan, RejectionRow, RollbackRow
-from rolebus.projectors.roles import (
-    Counters,
-    Flip,
-    RoleRow,
-    plan_roles,
-    plan_supersede,
-    superseded_now,
+from rolebus.projectors.roles import Flip, RoleRow, plan_roles, plan_supersede, superseded_now
+from rolebus.projectors.staging import (
+    AGG_COLUMNS,
+    AGG_UPSERT,
+    MESSAGE_COLUMNS,
+    ROLE_COLUMNS,
+    Vectored,
+    copy_messages,
+    copy_rows,
+    create_stages,
+    ids,
+    role_row,
+    role_tuple,
 )
 from rolebus.wal.events import RoleForked
 
 Conn = psycopg.AsyncConnection[tuple[Any, ...]]
 Cursor = psycopg.AsyncCursor[tuple[Any, ...]]
 TP = tuple[str, int]
-Vectored = tuple[Any, str | None]
-"""(embedding or None, embedding error or None)."""
-
-ROLE_COLUMNS: Final[tuple[str, ...]] = (
-    "tenant_id",
-    "role_id",
-    "lifecycle",
-    "name",
-    "persona",
-    "traits",
-    "model",
-    "skills",
-    "seq",
-    "head_commit_id",
-    "counters",
-    "live",
-    "forked_from_role",
-    "forked_from_commit",
-    "forked_live",
-    "created_at",
-    "updated_at",
-    "lifecycle_seq",
-    "name_seq",
-    "persona_seq",
-)
-MESSAGE_COLUMNS: Final = (*MessageRow._fields, "superseded", "embedding", "embedding_error")
-MESSAGE_TYPES: Final = (
-    "text", "text", "int8", "text", "uuid", "text", "text", "int4", "int4", "int4", "text",
-    "text[]", "jsonb", "timestamptz", "bool", "vector", "text",
-)  # fmt: skip
-AGG_COLUMNS: Final = (
-    "tenant_id",
-    "role_id",
-    "minute",
-    *rollup.COUNT_COLUMNS,
-    "lag_ms_max",
-    "latency_hist",
-)
-_STAGES: Final[dict[str, LiteralString]] = {
-    "stage_events": "events", "stage_messages": "messages", "stage_commits": "commits",
-    "stage_rejections": "rejections", "stage_rollbacks": "rollbacks", "stage_roles": "roles",
-    "stage_agg": "agg_minute", "stage_agg_rej": "agg_rejections_minute",
-}  # fmt: skip
 
 
 class Fenced(StoreError):
@@ -109,10 +69,6 @@ class Written:
     rejections: int
 
 
-def _ids(names: Iterable[str]) -> sql.Composed:
-    return sql.SQL(", ").join(sql.Identifier(n) for n in names)
-
-
 class Store:
     """Writes of one projector (``name`` = its consumer group) on one connection."""
 
@@ -121,19 +77,8 @@ class Store:
         self.name = name
 
     async def prepare(self) -> None:
-        """The temp staging tables of this connection (emptied at each commit)."""
         async with self.conn.transaction(), self.conn.cursor() as cur:
-            for stage, table in _STAGES.items():
-                await cur.execute(
-                    sql.SQL(
-                        "CREATE TEMP TABLE IF NOT EXISTS {} (LIKE {} INCLUDING DEFAULTS)"
-                        " ON COMMIT DELETE ROWS"
-                    ).format(sql.Identifier(stage), sql.Identifier(table))
-                )
-            await cur.execute(
-                "CREATE TEMP TABLE IF NOT EXISTS stage_flips (tenant_id text, role_id text,"
-                " value boolean, first bigint, last bigint) ON COMMIT DELETE ROWS"
-            )
+            await create_stages(cur)
 
     async def stored_offsets(self, tps: Sequence[TP]) -> dict[TP, int]:
         """Each partition's next offset to project (0 for a new one, recorded now)."""
@@ -203,14 +148,6 @@ class Store:
                 "positions (another process projected these partitions); re-seeking"
             )
 
-    async def _copy(
-        self, cur: Cursor, stage: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]
-    ) -> None:
-        stmt = sql.SQL("COPY {} ({}) FROM STDIN").format(sql.Identifier(stage), _ids(columns))
-        async with cur.copy(stmt) as copy:
-            for row in rows:
-                await copy.write_row(row)
-
     async def _insert_keys(
         self,
         cur: Cursor,
@@ -222,13 +159,13 @@ class Store:
         """Insert what is missing; the keys of the rows inserted now."""
         if not rows:
             return set()
-        await self._copy(cur, f"stage_{table}", columns, rows)
+        await copy_rows(cur, f"stage_{table}", columns, rows)
         await cur.execute(
             sql.SQL(
                 "INSERT INTO {t} ({c}) SELECT {c} FROM {s} ON CONFLICT DO NOTHING RETURNING {k}"
             ).format(
                 t=sql.Identifier(table),
-                c=_ids(columns),
+                c=ids(columns),
                 s=sql.Identifier(f"stage_{table}"),
                 k=sql.SQL(key),
             )
@@ -248,7 +185,7 @@ class Store:
     async def _commits(self, cur: Cursor, rows: Sequence[CommitRow]) -> set[str]:
         if not rows:
             return set()
-        await self._copy(cur, "stage_commits", CommitRow._fields, rows)
+        await copy_rows(cur, "stage_commits", CommitRow._fields, rows)
         await cur.execute(
             sql.SQL(
                 "INSERT INTO commits ({c}, reason, rollback_to) SELECT {sc}, r.reason,"
@@ -256,7 +193,7 @@ class Store:
                 " ON r.event_id = s.event_id AND s.kind = 'rollback'"
                 " ON CONFLICT DO NOTHING RETURNING commit_id"
             ).format(
-                c=_ids(CommitRow._fields),
+                c=ids(CommitRow._fields),
                 sc=sql.SQL(", ").join(sql.Identifier("s", n) for n in CommitRow._fields),
             )
         )
@@ -274,33 +211,11 @@ class Store:
         (HNSW included: ``superseded`` is in an index predicate, so no HOT update)."""
         if not rows:
             return 0
-        stmt = sql.SQL("COPY stage_messages ({}) FROM STDIN (FORMAT BINARY)").format(
-            _ids(MESSAGE_COLUMNS)
-        )
-        gone = superseded_now(flips)
-        # Binary: the vectors go as packed floats (text would format every float).
-        async with cur.copy(stmt) as copy:
-            copy.set_types(MESSAGE_TYPES)
-            for m in rows:
-                flag = gone(m.tenant_id, m.role_id, m.seq)
-                vector, error = embedded.get(m.event_id, (None, "not embedded"))
-                tool = None if m.tool_call is None else Jsonb(m.tool_call, dumps=_as_is)
-                await copy.write_row(
-                    (
-                        *m[:4],
-                        uuid.UUID(m.event_id),
-                        *m[5:12],
-                        tool,
-                        m.occurred_at,
-                        flag,
-                        vector,
-                        error,
-                    )
-                )
+        await copy_messages(cur, rows, embedded, superseded_now(flips))
         await cur.execute(
             sql.SQL(
                 "INSERT INTO messages ({c}) SELECT {c} FROM stage_messages ON CONFLICT DO NOTHING"
-            ).format(c=_ids(MESSAGE_COLUMNS))
+            ).format(c=ids(MESSAGE_COLUMNS))
         )
         return cur.rowcount
 
@@ -308,7 +223,7 @@ class Store:
         if not flips:
             return
         rows = [(f.tenant_id, f.role_id, f.value, a, b) for f in flips for a, b in f.ranges]
-        await self._copy(
+        await copy_rows(
             cur, "stage_flips", ("tenant_id", "role_id", "value", "first", "last"), rows
         )
         await cur.execute(
@@ -327,7 +242,7 @@ class Store:
         wanted = [p.source_commit_id for p in sources if isinstance(p, RoleForked)]
         lives = await self._commit_lives(cur, wanted) if wanted else {}
         rows = plan_roles(current, new.changes, new.commits, lives)
-        await self._copy(cur, "stage_roles", ROLE_COLUMNS, (_role_tuple(r) for r in rows.values()))
+        await copy_rows(cur, "stage_roles", ROLE_COLUMNS, (role_tuple(r) for r in rows.values()))
         updates = sql.SQL(", ").join(
             sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c)) for c in ROLE_COLUMNS[2:]
         )
@@ -335,7 +250,7 @@ class Store:
             sql.SQL(
                 "INSERT INTO roles ({c}) SELECT {c} FROM stage_roles"
                 " ON CONFLICT (tenant_id, role_id) DO UPDATE SET {u}"
-            ).format(c=_ids(ROLE_COLUMNS), u=updates)
+            ).format(c=ids(ROLE_COLUMNS), u=updates)
         )
 
     async def _current_roles(
@@ -355,16 +270,18 @@ class Store:
                 "SELECT {c} FROM roles WHERE (tenant_id, role_id) IN"
                 " (SELECT * FROM unnest(%s::text[], %s::text[]))"
                 " ORDER BY tenant_id, role_id FOR UPDATE"
-            ).format(c=_ids(ROLE_COLUMNS)),
+            ).format(c=ids(ROLE_COLUMNS)),
             ([k[0] for k in keys], [k[1] for k in keys]),
         )
-        rows = [_role_row(r) for r in await cur.fetchall()]
+        rows = [role_row(r) for r in await cur.fetchall()]
         return {(r.tenant_id, r.role_id): r for r in rows if r.seq >= 0}
 
-    async def _commit_lives(self, cur: Cursor, ids: Sequence[str]) -> dict[str, seqranges.Ranges]:
+    async def _commit_lives(
+        self, cur: Cursor, commit_ids: Sequence[str]
+    ) -> dict[str, seqranges.Ranges]:
         await cur.execute(
             "SELECT commit_id, live FROM commits WHERE commit_id = ANY(%s) AND live IS NOT NULL",
-            (list(ids),),
+            (list(commit_ids),),
         )
         return {str(cid): seqranges.from_multirange(live) for cid, live in await cur.fetchall()}
 
@@ -380,12 +297,12 @@ class Store:
                 )
                 for key, agg in sorted(minutes.items())
             ]
-            await self._copy(cur, "stage_agg", AGG_COLUMNS, rows)
-            await cur.execute(_AGG_UPSERT)
+            await copy_rows(cur, "stage_agg", AGG_COLUMNS, rows)
+            await cur.execute(AGG_UPSERT)
         reasons = rollup.plan_rejection_minutes(new.rejections)
         if reasons:
             rows2 = [(*key, reason, n) for (key, reason), n in sorted(reasons.items())]
-            await self._copy(
+            await copy_rows(
                 cur, "stage_agg_rej", ("tenant_id", "role_id", "minute", "reason", "count"), rows2
             )
             await cur.execute(
@@ -417,73 +334,3 @@ class Store:
                 " WHERE r.tenant_id = p.tenant_id AND r.role_id = p.role_id"
             )
             return cur.rowcount
-
-
-def _as_is(text: Any) -> str:
-    """JSON text already encoded by the planner."""
-    return str(text)
-
-
-def _add(column: str) -> sql.Composed:
-    return sql.SQL("{0} = a.{0} + EXCLUDED.{0}").format(sql.Identifier(column))
-
-
-_AGG_UPSERT: Final = sql.SQL(
-    "INSERT INTO agg_minute AS a ({c}) SELECT {c} FROM stage_agg"
-    " ORDER BY tenant_id, role_id, minute"
-    " ON CONFLICT (tenant_id, role_id, minute) DO UPDATE SET {adds},"
-    " lag_ms_max = GREATEST(a.lag_ms_max, EXCLUDED.lag_ms_max),"
-    " latency_hist = ARRAY(SELECT COALESCE(x, 0) + COALESCE(y, 0)"
-    " FROM unnest(a.latency_hist, EXCLUDED.latency_hist) WITH ORDINALITY AS h(x, y, i)"
-    " ORDER BY i)"
-).format(c=_ids(AGG_COLUMNS), adds=sql.SQL(", ").join(_add(c) for c in rollup.COUNT_COLUMNS))
-
-
-def _role_tuple(r: RoleRow) -> tuple[Any, ...]:
-    return (
-        r.tenant_id,
-        r.role_id,
-        r.lifecycle,
-        r.name,
-        r.persona,
-        json.dumps(dict(r.traits)),
-        r.model,
-        list(r.skills),
-        r.seq,
-        r.head_commit_id,
-        json.dumps(r.counters.to_json()),
-        seqranges.literal(r.live),
-        r.forked_from_role,
-        r.forked_from_commit,
-        None if r.forked_live is None else seqranges.literal(r.forked_live),
-        r.created_at,
-        r.updated_at,
-        r.lifecycle_seq,
-        r.name_seq,
-        r.persona_seq,
-    )
-
-
-def _role_row(v: Sequence[Any]) -> RoleRow:
-    return RoleRow(
-        tenant_id=v[0],
-        role_id=v[1],
-        lifecycle=v[2],
-        name=v[3],
-        persona=v[4],
-        traits=dict(v[5]),
-        model=v[6],
-        skills=tuple(v[7]),
-        seq=int(v[8]),
-        head_commit_id=v[9],
-        counters=Counters.from_json(v[10]),
-        live=seqranges.from_multirange(v[11]),
-        forked_from_role=v[12],
-        forked_from_commit=v[13],
-        forked_live=None if v[14] is None else seqranges.from_multirange(v[14]),
-        created_at=v[15],
-        updated_at=v[16],
-        lifecycle_seq=int(v[17]),
-        name_seq=int(v[18]),
-        persona_seq=int(v[19]),
-    )

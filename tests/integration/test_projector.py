@@ -181,14 +181,19 @@ async def test_exactly_once_across_sigkill_mid_batch(rig: Rig) -> None:
     done = (await rig.query("SELECT count(*) FROM events"))[0][0]
     assert 0 < done < changes, "the kill did not land while projecting"
 
-    second = rig.projector("p2", batch=20)
+    # Two processes share the partitions; one of them is killed too.
+    second, third = rig.projector("p2", batch=20), rig.projector("p3", batch=20)
+    await rig.until("SELECT count(*) FROM events", lambda r: r[0][0] >= done + changes // 4)
+    code, _ = second.end(signal.SIGKILL)
+    assert code == -signal.SIGKILL
+    assert "resumed 6 partitions" in second.log_text() + third.log_text()  # they shared
     await rig.until("SELECT count(*) FROM events", lambda r: r[0][0] == changes)
     await rig.until("SELECT count(*) FROM rejections", lambda r: r[0][0] == 9)
     await rig.until("SELECT count(*) FROM commits", lambda r: r[0][0] == len(outputs.commits))
     await _check_exactly_once(rig, outputs)
-    code, took = second.end(signal.SIGTERM)
-    assert code == 0 and took < 10, second.log_text()[-2000:]
-    assert "lag" in second.log_text()
+    code, took = third.end(signal.SIGTERM)
+    assert code == 0 and took < 10, third.log_text()[-2000:]
+    assert "lag" in third.log_text()
 
 
 async def _check_exactly_once(rig: Rig, outputs: harness.Summary) -> None:
@@ -365,3 +370,22 @@ async def test_db_migrate_and_reembed_from_the_cli(
         "SELECT seq, embedding IS NOT NULL, embedding_error FROM messages ORDER BY seq"
     )
     assert rows == [(1, True, None), (2, False, None)]
+
+
+async def test_a_corrupt_output_record_stops_the_projector_with_its_position(rig: Rig) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=rig.ends.kafka_bootstrap)
+    await producer.start()
+    try:
+        name = topics.topic_name(rig.settings, "changes")
+        await producer.send_and_wait(name, b'{"v":1,"type":"change"}', key=b"r", partition=2)
+    finally:
+        await producer.stop()
+    p = rig.projector("corrupt")
+    assert p.proc is not None
+    code = await asyncio.to_thread(p.proc.wait, 120)
+    assert code == 1
+    assert f"output record {name}[2]@0" in p.log_text()
+    stored = await rig.query(
+        "SELECT next_offset FROM projector_offsets WHERE topic = %s AND partition = 2", (name,)
+    )
+    assert stored == [(0,)]

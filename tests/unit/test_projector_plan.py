@@ -18,7 +18,7 @@ from rolebus.projectors.plan import Decoded, Fetched, Plan, decode_batch, plan_b
 from rolebus.projectors.roles import RoleRow, plan_roles, plan_supersede, superseded_now
 from rolebus.projectors.rollup import plan_minutes, plan_rejection_minutes
 from rolebus.streams.core.log import Folder, WalItem, admit
-from rolebus.streams.core.state import FoldConfig, RoleState, live_ranges, logical_json
+from rolebus.streams.core.state import FoldConfig, RoleState, logical_json
 from rolebus.wal import codec, records
 from rolebus.wal.events import (
     Author,
@@ -38,6 +38,7 @@ from rolebus.wal.events import (
     WalPosition,
 )
 from rolebus.wal.records import ChangeRecord, CommitRecord, OutputRecord, RecordError
+from rolebus.wal.snapshot import live_ranges
 
 BASE = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
