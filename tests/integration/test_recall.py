@@ -178,17 +178,17 @@ async def test_exact_and_hnsw_searches_agree(store: Store) -> None:
     await fork_family(store)
     vector = (await store.provider.embed(["invoice trouble"]))[0]
     for role in ("src", "fork", "grand"):
-        exact = await recall(store.conn, "t1", role, vector, 4, hnsw_from=10**9)
-        approx = await recall(store.conn, "t1", role, vector, 4, hnsw_from=0)
+        exact = await recall(store.conn, "t1", role, vector, 4, hnsw_factor=1e12)
+        approx = await recall(store.conn, "t1", role, vector, 4, hnsw_factor=0)
         assert [(r.role_id, r.seq) for r in exact] == [(r.role_id, r.seq) for r in approx]
         assert len(exact) == 4
 
 
-async def hnsw_scans(store: Store, role: str, hnsw_from: int) -> list[str]:
+async def hnsw_scans(store: Store, role: str, hnsw_factor: float) -> list[str]:
     """The HNSW index scan lines of recall's plan, run (EXPLAIN ANALYZE)."""
     vector = (await store.provider.embed(["invoice trouble"]))[0]
     params = {"query": as_vector(vector), "tenant": "t1", "role": role, "k": 3,
-              "hnsw_from": hnsw_from, "own_live": None}  # fmt: skip
+              "hnsw_factor": hnsw_factor, "own_live": None}  # fmt: skip
     async with store.conn.transaction():
         # A tiny table is cheaper to scan than to search: make the index look
         # as cheap as it is on a large one.
@@ -203,9 +203,9 @@ async def hnsw_scans(store: Store, role: str, hnsw_from: int) -> list[str]:
 
 async def test_only_large_visible_sets_use_the_hnsw_index(store: Store) -> None:
     await fork_family(store)
-    used = await hnsw_scans(store, "fork", hnsw_from=0)
+    used = await hnsw_scans(store, "fork", hnsw_factor=0)
     assert used and not any("never executed" in line for line in used), used
-    unused = await hnsw_scans(store, "fork", hnsw_from=10**9)
+    unused = await hnsw_scans(store, "fork", hnsw_factor=1e12)
     assert unused and all("never executed" in line for line in unused), unused
     await recall(store.conn, "t1", "src", [1.0] * store.provider.dim, 3)
     cur = await store.conn.execute("SHOW hnsw.iterative_scan")
