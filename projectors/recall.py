@@ -19,7 +19,7 @@ rollback undid them), so a search is one statement, one round trip.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -193,8 +193,3 @@ def snapshot_live_ranges(snapshot: Mapping[str, Any]) -> list[tuple[int, int]]:
 def multirange_literal(ranges: Iterable[tuple[int, int]]) -> str:
     """``{[a,b],[c,d]}`` (inclusive bounds) for an ``::int8multirange`` cast."""
     return "{" + ",".join(f"[{first},{last}]" for first, last in ranges) + "}"
-
-
-def vectors_text(rows: Sequence[npt.ArrayLike]) -> list[str]:
-    """pgvector's text form of each row (COPY ... FROM STDIN in text format)."""
-    return ["[" + ",".join(f"{x:.7g}" for x in np.asarray(r).ravel()) + "]" for r in rows]

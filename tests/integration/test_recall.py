@@ -174,6 +174,35 @@ async def test_fork_history_is_inherited_recursively(store: Store) -> None:
     ]
 
 
+async def recent(store: Store, role: str, limit: int, own_live: str | None = None) -> list[Any]:
+    cur = await store.conn.execute(
+        "SELECT role_id, seq FROM recent_visible_messages('t1', %s, %s, %s::int8multirange)",
+        (role, limit, own_live),
+    )
+    return await cur.fetchall()
+
+
+async def test_recent_visible_messages_newest_first_up_the_chain(store: Store) -> None:
+    await fork_family(store)
+    chain = [("grand", 1), ("fork", 1), ("src", 5), ("src", 4), ("src", 2), ("src", 1)]
+    assert await recent(store, "grand", 10) == chain
+    assert await recent(store, "grand", 3) == chain[:3]
+    assert await recent(store, "src", 10) == [("src", 6), ("src", 5), ("src", 2), ("src", 1)]
+    assert await recent(store, "src", 10, "{[1,2],[4,5]}") == [
+        ("src", 5),
+        ("src", 4),
+        ("src", 2),
+        ("src", 1),
+    ]
+    assert await recent(store, "fork", 0) == []
+    # The same rows as visible_messages, the one definition.
+    for role in ("src", "fork", "grand"):
+        cur = await store.conn.execute(
+            "SELECT role_id, seq FROM visible_messages('t1', %s)", (role,)
+        )
+        assert sorted(await cur.fetchall()) == sorted(await recent(store, role, 100))
+
+
 async def test_exact_and_hnsw_searches_agree(store: Store) -> None:
     await fork_family(store)
     vector = (await store.provider.embed(["invoice trouble"]))[0]

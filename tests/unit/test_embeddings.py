@@ -16,6 +16,7 @@ from rolebus.config import load_settings
 from rolebus.errors import ConfigError, EmbeddingError
 from rolebus.projectors.embeddings import WordLlamaProvider, load_provider, normalize
 from rolebus.projectors.embeddings_http import endpoint_url, parse_answer
+from rolebus.projectors.recall import multirange_literal, snapshot_live_ranges
 
 
 def settings(**env: str):  # type: ignore[no-untyped-def]
@@ -195,3 +196,11 @@ def test_malformed_answers(payload: object, rule: str) -> None:
 def test_answer_of_the_wrong_size_is_refused() -> None:
     with pytest.raises(EmbeddingError, match=r"sizes \[2\] \(expected 3\)"):
         parse_answer("u", {"data": [{"embedding": [1.0, 0.0]}]}, 1, 3)
+
+
+def test_live_ranges_of_a_commit_snapshot() -> None:
+    snapshot = {"seq": 9, "lineage": {"closed": [[1, 2], [4, 5]], "branch_start": 8}}
+    assert snapshot_live_ranges(snapshot) == [(1, 2), (4, 5), (8, 9)]
+    assert multirange_literal(snapshot_live_ranges(snapshot)) == "{[1,2],[4,5],[8,9]}"
+    # An empty current branch adds no range.
+    assert snapshot_live_ranges({"seq": 7, "lineage": {"closed": [], "branch_start": 8}}) == []
