@@ -14,7 +14,12 @@ import pytest
 
 from rolebus.config import load_settings
 from rolebus.errors import ConfigError, EmbeddingError
-from rolebus.projectors.embeddings import WordLlamaProvider, load_provider, normalize
+from rolebus.projectors.embeddings import (
+    INLINE_CHARS,
+    WordLlamaProvider,
+    load_provider,
+    normalize,
+)
 from rolebus.projectors.embeddings_http import endpoint_url, parse_answer
 from rolebus.projectors.recall import multirange_literal, snapshot_live_ranges
 
@@ -204,3 +209,12 @@ def test_live_ranges_of_a_commit_snapshot() -> None:
     assert multirange_literal(snapshot_live_ranges(snapshot)) == "{[1,2],[4,5],[8,9]}"
     # An empty current branch adds no range.
     assert snapshot_live_ranges({"seq": 7, "lineage": {"closed": [], "branch_start": 8}}) == []
+
+
+async def test_wordllama_inline_and_threaded_paths_agree() -> None:
+    provider = WordLlamaProvider.load()
+    short = ["my invoice for march is wrong"]
+    long = [f"message {i} about refunds, parcels and dragons" for i in range(200)]
+    assert sum(map(len, long)) > INLINE_CHARS >= sum(map(len, short))
+    for texts in (short, long):
+        assert np.array_equal(await provider.embed(texts), provider.embed_sync(texts))
