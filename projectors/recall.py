@@ -113,8 +113,11 @@ async def recall(
     ``as_of`` (a commit id of this role) recalls what was live at that commit."""
     if k < 1:
         raise ValueError(f"recall: k must be >= 1 (got {k})")
+    vector = as_vector(query_vector)
+    if not vector.to_numpy().any():
+        return []  # nothing to compare with (e.g. an empty text): every distance is NaN
     params = {
-        "query": as_vector(query_vector),
+        "query": vector,
         "tenant": tenant_id,
         "role": role_id,
         "k": k,

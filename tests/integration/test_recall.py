@@ -100,6 +100,7 @@ async def test_nearest_live_messages_by_meaning(store: Store) -> None:
     assert [r.distance for r in found] == sorted(r.distance for r in found)
     assert {r.content for r in found} == set(TOPICS) and found[0].role_id == "r1"
     assert await store.contents("r1", "forgot my login credentials", 1) == [TOPICS[2]]
+    assert await store.contents("r1", "", 3) == []  # nothing to embed, nothing recalled
 
 
 async def test_superseded_and_unembedded_messages_are_skipped(store: Store) -> None:
