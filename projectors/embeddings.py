@@ -78,7 +78,11 @@ def normalize(matrix: npt.ArrayLike) -> Vectors:
 
 
 def load_provider(settings: Settings) -> EmbeddingProvider:
-    """The provider ``settings.embeddings`` names, loaded and ready to embed."""
+    """The provider ``settings.embeddings`` names, loaded and ready to embed.
+
+    Blocking: it reads model files, and for ``openai:`` without
+    ``ROLEBUS_EMBEDDINGS_DIM`` it sends one probe request (up to
+    ``ROLEBUS_EMBEDDINGS_TIMEOUT_S``); call it at start-up or in a thread."""
     kind, _, arg = settings.embeddings.partition(":")
     provider: EmbeddingProvider
     if kind == "wordllama":

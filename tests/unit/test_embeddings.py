@@ -138,6 +138,8 @@ def test_wordllama_loads_without_any_network_access(tmp_path: Path) -> None:
         from rolebus.projectors.embeddings import load_provider
         provider = load_provider(load_settings(env={}, config_file=None))
         print(asyncio.run(provider.embed(["hello there"])).shape)
+        import logging  # wordllama's basicConfig at import was undone
+        assert not logging.getLogger().handlers, logging.getLogger().handlers
         """
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ROLEBUS_", "HF_"))}
