@@ -25,12 +25,14 @@
 CREATE OR REPLACE FUNCTION role_lineage(
     p_tenant text, p_role text, p_own_live int8multirange DEFAULT NULL)
 RETURNS TABLE (role_id text, depth integer, live int8multirange, extent bigint)
-LANGUAGE sql STABLE PARALLEL SAFE
--- The SET clause pins the function to its own store schema and keeps it from
--- being inlined: the planner then sees a cheap function call instead of
--- planning this recursive query again in every query that reads it.
-SET search_path FROM CURRENT
-AS $$
+-- plpgsql, not sql: never inlined, so the planner sees a cheap function call
+-- (its plan is cached per session) instead of planning this recursive query
+-- again in every query that reads it. No SET search_path: like every store
+-- query it reads the schema the connection is set to, so a schema renamed by
+-- a replay's swap keeps working.
+LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
+BEGIN
+    RETURN QUERY
     WITH RECURSIVE chain (role_id, depth, live, extent, next_role, next_live) AS (
         SELECT p_role, 0, p_own_live, coalesce(r.seq, 0), r.forked_from_role, r.forked_live
         FROM (SELECT 1) AS one
@@ -44,15 +46,14 @@ AS $$
         JOIN roles s ON s.tenant_id = p_tenant AND s.role_id = c.next_role
         WHERE c.depth < 100
     )
-    SELECT role_id, depth, live, extent FROM chain
+    SELECT chain.role_id, chain.depth, chain.live, chain.extent FROM chain;
+END
 $$;
 
 -- At most how many messages visible_messages(p_tenant, p_role) can return.
 CREATE OR REPLACE FUNCTION visible_extent(p_tenant text, p_role text)
 RETURNS bigint
-LANGUAGE sql STABLE PARALLEL SAFE
-SET search_path FROM CURRENT
-AS $$
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
     SELECT sum(extent)::bigint FROM role_lineage(p_tenant, p_role)
 $$;
 
@@ -89,9 +90,7 @@ $$;
 CREATE OR REPLACE FUNCTION recent_visible_messages(
     p_tenant text, p_role text, p_limit integer, p_own_live int8multirange DEFAULT NULL)
 RETURNS SETOF messages
-LANGUAGE plpgsql STABLE
-SET search_path FROM CURRENT
-AS $$
+LANGUAGE plpgsql STABLE AS $$
 DECLARE
     level record;
     wanted integer := p_limit;
