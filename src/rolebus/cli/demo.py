@@ -133,10 +133,11 @@ async def _folded(
             seen.extend(decode_output(rec.value or b"") for rec in recs)
         mine = [r for r in seen if r.role_id == role]
         changes = {r.event_id: r for r in mine if isinstance(r, ChangeRecord)}
-        if len(changes) >= events:
+        commits = {r.commit_id: r for r in mine if isinstance(r, CommitRecord)}
+        named = {cid for change in changes.values() for cid in change.commit_ids}
+        if len(changes) >= events and named <= commits.keys():  # two topics: wait for both
             head = max(changes.values(), key=lambda c: c.seq)
             progress(f"folded: seq {head.seq}, head commit {(head.head_commit_id or '')[:12]}")
-            commits = {r.commit_id: r for r in mine if isinstance(r, CommitRecord)}
             return sorted(commits.values(), key=lambda c: c.seq)
         if time.monotonic() > deadline:
             raise StackError(
