@@ -168,9 +168,10 @@ async def recall_text(
 
 
 async def live_at(conn: Conn, tenant_id: str, role_id: str, commit_id: str) -> str:
-    """The role's live seqs at one of its commits, as an int8multirange literal."""
+    """The role's live seqs at one of its commits, as an int8multirange literal
+    (``commits.live``: the projector stores the committed lineage's ranges)."""
     cur = await conn.execute(
-        "SELECT snapshot FROM commits WHERE commit_id = %s AND tenant_id = %s AND role_id = %s",
+        "SELECT live::text FROM commits WHERE commit_id = %s AND tenant_id = %s AND role_id = %s",
         (commit_id, tenant_id, role_id),
     )
     row = await cur.fetchone()
@@ -179,18 +180,7 @@ async def live_at(conn: Conn, tenant_id: str, role_id: str, commit_id: str) -> s
             f"commit {commit_id!r} is not a commit of role {role_id!r} in tenant "
             f"{tenant_id!r} (see `rolebus log {role_id}` for its commits)"
         )
-    return multirange_literal(snapshot_live_ranges(row[0]))
-
-
-def snapshot_live_ranges(snapshot: Mapping[str, Any]) -> list[tuple[int, int]]:
-    """Live seq ranges (inclusive) of a committed state: the lineage's closed
-    ranges plus the current branch up to the snapshot's seq.
-
-    The one place that reads the commit snapshot's shape for recall."""
-    lineage = snapshot.get("lineage") or {}
-    closed = [(int(first), int(last)) for first, last in lineage.get("closed", [])]
-    branch = (int(lineage.get("branch_start", 1)), int(snapshot["seq"]))
-    return [r for r in (*closed, branch) if r[0] <= r[1]]
+    return str(row[0])
 
 
 def multirange_literal(ranges: Iterable[tuple[int, int]]) -> str:

@@ -247,7 +247,8 @@ async def test_recall_as_of_a_commit(store: Store) -> None:
     snapshot = {"seq": 5, "lineage": {"closed": [[1, 2]], "branch_start": 4}}
     await store.conn.execute(
         "INSERT INTO commits (commit_id, tenant_id, role_id, seq, kind, state_digest,"
-        " occurred_at, event_id, snapshot) VALUES ('c5', 't1', 'src', 5, 'auto', 'd', %s, %s, %s)",
+        " occurred_at, event_id, snapshot, live) VALUES"
+        " ('c5', 't1', 'src', 5, 'auto', 'd', %s, %s, %s, '{[1,2],[4,5]}')",
         (T0, uuid.uuid4(), json.dumps(snapshot)),
     )
     got = await store.contents("src", "invoice", 20, as_of="c5")

@@ -248,19 +248,26 @@ async def test_one_span_per_batch_links_the_producer_span() -> None:
     assert spans[0].kind == trace.SpanKind.CONSUMER
 
 
-@pytest.mark.parametrize("raw", [b"garbage", b"\xc3\x01" + b"\x00" * 8 + b"x", b""])
+def _truncated() -> bytes:
+    return codec.encode(workload(1).take(1)[0])[:-7]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"garbage", b"\xc3\x01" + b"\x00" * 8 + b"x", b"", _truncated()],
+    ids=["garbage", "unknown-fingerprint", "empty", "truncated-avro"],
+)
 async def test_poison_records_are_rejected_with_their_bytes_and_the_worker_goes_on(
     raw: bytes,
 ) -> None:
     cluster, wl = Cluster(), workload()
     cluster.append(TOPICS.wal, 0, b"k", raw)
+    misplaced = codec.encode(workload(2).take(1)[0])
+    cluster.append(TOPICS.wal, 1, b"not-the-role-id", misplaced)
     produce(cluster, wl.take(50))
     await run_until_caught_up([node(cluster)], [range(PARTITIONS)])
     rejected = [records.decode(r.value or b"") for r in cluster.records(TOPICS.rejections)]
-    assert any(
-        isinstance(r, records.RejectionRecord)
-        and r.original == raw
-        and r.reason == records.UNDECODABLE
-        for r in rejected
-    )
+    reasons = {r.original: r.reason for r in rejected if isinstance(r, records.RejectionRecord)}
+    assert reasons[raw] == records.UNDECODABLE
+    assert reasons[misplaced] == records.KEY_MISMATCH
     assert outputs(cluster).changes == reference(cluster).changes
