@@ -183,11 +183,16 @@ def _count_message(counters: Counters, payload: MessageAppended) -> Counters:
     )
 
 
-def _bump(counts: Mapping[str, int], keys: Iterable[str]) -> dict[str, int]:
+def _bump(counts: Mapping[str, int], keys: Iterable[str]) -> Mapping[str, int]:
+    """``counts`` with each key counted once more; keys stay sorted (a new key
+    re-sorts the map, which happens a few times per role in its life)."""
+    keys = [str(key) for key in keys]
+    if not keys:
+        return counts
     bumped = dict(counts)
     for key in keys:
-        bumped[str(key)] = bumped.get(str(key), 0) + 1
-    return sorted_map(bumped)
+        bumped[key] = bumped.get(key, 0) + 1
+    return bumped if len(bumped) == len(counts) else sorted_map(bumped)
 
 
 @mutate.register

@@ -37,6 +37,7 @@ batch's offsets are committed or the worker stops; an error stops the worker
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -205,6 +206,10 @@ class Worker:
             self.commits.index.update({cid: (p, off) for cid, off in state.index.items()})
         self.stats.restores += 1
         self.stats.restored_records += restored.records
+        # The restored states live as long as the partition: keep the collector
+        # from scanning them again and again (it cost a third of the fold).
+        gc.collect()
+        gc.freeze()
         log.info(
             "ready: partitions %s (restored %s: %d roles, %d commits indexed, %d changelog "
             "records in %.1fs)", sorted(self.memory), partitions,
