@@ -46,17 +46,17 @@ from typing import Any
 
 from aiokafka import TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.errors import CommitFailedError, IllegalStateError
 from aiokafka.structs import ConsumerRecord
 from opentelemetry import trace
 
-from rolebus.errors import TransportError
 from rolebus.streams.core.commits import ChainLookup
 from rolebus.streams.core.log import Cursor, Folder, WalItem, advance_all, blocked_forks
 from rolebus.streams.core.state import FoldConfig, RoleState
 from rolebus.streams.runtime import changelog
 from rolebus.streams.runtime.changelog import PartitionState, Restored
 from rolebus.streams.runtime.commitstore import CommitStore
+from rolebus.streams.runtime.delivery import Entries, send_batches
 from rolebus.streams.runtime.options import WorkerOptions
 from rolebus.streams.runtime.spans import links_of, start_batch_span
 from rolebus.tracing import trace_headers
@@ -296,7 +296,7 @@ class Worker:
         self, outputs: list[OutputRecord], headers: Headers
     ) -> dict[str, tuple[int, int]]:
         """Send the outputs and wait; the commits topic offset of each commit record."""
-        entries: dict[tuple[str, int], list[tuple[bytes | None, bytes, Headers]]] = {}
+        entries: Entries = {}
         commit_ids: dict[tuple[str, int], list[str | None]] = {}
         for rec in outputs:
             where = (self.topics.of(rec), _partition_of(rec))
@@ -318,7 +318,7 @@ class Worker:
         return offsets
 
     async def _store(self, folder: Folder, offsets: Mapping[str, tuple[int, int]]) -> None:
-        entries: dict[tuple[str, int], list[tuple[bytes | None, bytes, Headers]]] = {}
+        entries: Entries = {}
         for state in folder.states.values():
             key, value = changelog.role_entry(state)
             entries.setdefault((self.topics.changelog, _home(state)), []).append((key, value, []))
@@ -401,43 +401,6 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         self.worker.on_assigned(assigned)
-
-
-async def send_batches(
-    producer: Any, entries: Mapping[tuple[str, int], Sequence[tuple[bytes | None, bytes, Headers]]]
-) -> dict[tuple[str, int], list[int]]:
-    """Send each (topic, partition)'s records in as few producer batches as fit,
-    all at once, and wait for every delivery; the offset of every record."""
-    sent: list[tuple[tuple[str, int], int, Any]] = []
-    for (topic, partition), recs in entries.items():
-        batch, count = producer.create_batch(), 0
-        for key, value, headers in recs:
-            if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
-                sent.append(
-                    ((topic, partition), count, await _submit(producer, batch, topic, partition))
-                )
-                batch, count = producer.create_batch(), 0
-                batch.append(key=key, value=value, timestamp=None, headers=headers)
-            count += 1
-        sent.append(((topic, partition), count, await _submit(producer, batch, topic, partition)))
-    try:
-        metas = await asyncio.gather(*(future for _, _, future in sent))
-    except KafkaError as exc:
-        raise TransportError(f"delivering a batch failed: {exc}", retriable=exc.retriable) from exc
-    out: dict[tuple[str, int], list[int]] = {}
-    for (where, count, _), meta in zip(sent, metas, strict=True):
-        out.setdefault(where, []).extend(range(meta.offset, meta.offset + count))
-    return out
-
-
-async def _submit(producer: Any, batch: Any, topic: str, partition: int) -> Any:
-    batch.close()  # nothing else may join it: record i lands at base offset + i
-    try:
-        return await producer.send_batch(batch, topic, partition=partition)
-    except KafkaError as exc:
-        raise TransportError(
-            f"sending to {topic}[{partition}] failed: {exc}", retriable=exc.retriable
-        ) from exc
 
 
 def _item(rec: ConsumerRecord[bytes, bytes]) -> WalItem:
