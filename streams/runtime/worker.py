@@ -94,7 +94,6 @@ class Stats:
 
     events: int = 0
     batches: int = 0
-    outcomes: dict[str, int] = field(default_factory=dict)
     restores: int = 0
     restored_records: int = 0
     fork_waits: int = 0
