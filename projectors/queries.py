@@ -1,0 +1,202 @@
+"""The read side's queries over the context store: roles, commit history,
+committed states, diffs and rejections (``rolebus role show|list``, ``log``,
+``show``, ``diff``, ``rejections``; ``context`` and ``recall`` build on
+``rolebus.projectors.recall``).
+
+A thin SQL shell: each function runs one or two statements and turns rows
+into the frozen views of ``rolebus.projectors.views``, where the logic is.
+
+Invariants: every function takes the tenant and every statement filters on
+it, so nothing crosses tenants (the same role id in two tenants is two
+roles); an unknown role or commit raises ``UnknownRoleError`` /
+``UnknownCommitError`` naming it; connections come from
+``rolebus.projectors.db.connect`` (search_path = the store schema).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.multirange import Multirange
+
+from rolebus.projectors.views import (
+    CommitDiff,
+    CommitView,
+    LogEntry,
+    RoleView,
+    SeqRanges,
+    UnknownCommitError,
+    UnknownRoleError,
+    diff_snapshots,
+    merge_ranges,
+    snapshot_view,
+)
+
+Conn = psycopg.AsyncConnection[tuple[object, ...]]
+Row = dict[str, Any]
+
+_ROLE_COLUMNS = (
+    "SELECT tenant_id, role_id, lifecycle, name, persona, traits, model, skills, seq,"
+    " head_commit_id, counters, live, forked_from_role, forked_from_commit, created_at,"
+    " updated_at FROM roles"
+)
+_COMMIT_FIELDS = (
+    "SELECT commit_id, tenant_id, role_id, parent_id, seq, kind, label, reason, rollback_to,"
+    " occurred_at, state_digest"
+)
+_COMMIT_COLUMNS = _COMMIT_FIELDS + " FROM commits"
+_COMMIT_WITH_SNAPSHOT = _COMMIT_FIELDS + ", snapshot FROM commits"
+
+
+async def _rows(conn: Conn, query: str, params: tuple[Any, ...]) -> list[Row]:
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(query, params)  # query: module constants only, never user text
+        return await cur.fetchall()
+
+
+def ranges_of(value: Multirange[int] | None) -> SeqRanges:
+    """An ``int8multirange`` as inclusive ``(first, last)`` pairs."""
+    if value is None:
+        return ()
+    pairs = []
+    for r in value:
+        if r.isempty or r.lower is None or r.upper is None:
+            continue
+        first = r.lower if r.lower_inc else r.lower + 1
+        last = r.upper if r.upper_inc else r.upper - 1
+        pairs.append((first, last))
+    return merge_ranges(pairs)
+
+
+def _role(row: Row) -> RoleView:
+    return RoleView(
+        tenant_id=row["tenant_id"], role_id=row["role_id"], lifecycle=row["lifecycle"],
+        name=row["name"], persona=row["persona"], traits=row["traits"], model=row["model"],
+        skills=tuple(row["skills"]), seq=row["seq"], head_commit_id=row["head_commit_id"],
+        counters=row["counters"], live=ranges_of(row["live"]),
+        forked_from_role=row["forked_from_role"], forked_from_commit=row["forked_from_commit"],
+        created_at=row["created_at"], updated_at=row["updated_at"],
+    )  # fmt: skip
+
+
+async def role_show(conn: Conn, tenant_id: str, role_id: str) -> RoleView:
+    """One role's latest state; ``UnknownRoleError`` if the tenant has no such role."""
+    rows = await _rows(
+        conn, _ROLE_COLUMNS + " WHERE tenant_id = %s AND role_id = %s", (tenant_id, role_id)
+    )
+    if not rows:
+        raise UnknownRoleError(tenant_id, role_id)
+    return _role(rows[0])
+
+
+async def role_list(conn: Conn, tenant_id: str, state: str | None = None) -> list[RoleView]:
+    """The tenant's roles by id, optionally only those in lifecycle ``state``."""
+    if state is None:
+        rows = await _rows(conn, _ROLE_COLUMNS + " WHERE tenant_id = %s ORDER BY role_id", (
+            tenant_id,
+        ))  # fmt: skip
+    else:
+        rows = await _rows(
+            conn,
+            _ROLE_COLUMNS + " WHERE tenant_id = %s AND lifecycle = %s ORDER BY role_id",
+            (tenant_id, state),
+        )
+    return [_role(row) for row in rows]
+
+
+def _entry(row: Row) -> LogEntry:
+    return LogEntry(
+        commit_id=row["commit_id"], role_id=row["role_id"], parent_id=row["parent_id"],
+        seq=row["seq"], kind=row["kind"], label=row["label"], reason=row["reason"],
+        rollback_to=row["rollback_to"], occurred_at=row["occurred_at"],
+        state_digest=row["state_digest"],
+    )  # fmt: skip
+
+
+async def log(conn: Conn, tenant_id: str, role_id: str) -> list[LogEntry]:
+    """A role's commits, newest first (like ``git log``)."""
+    await role_show(conn, tenant_id, role_id)  # unknown role: a clear error, not []
+    rows = await _rows(
+        conn,
+        _COMMIT_COLUMNS + " WHERE tenant_id = %s AND role_id = %s ORDER BY seq DESC, commit_id",
+        (tenant_id, role_id),
+    )
+    return [_entry(row) for row in rows]
+
+
+async def _commit(conn: Conn, tenant_id: str, commit_id: str) -> Row:
+    rows = await _rows(
+        conn,
+        _COMMIT_WITH_SNAPSHOT + " WHERE tenant_id = %s AND commit_id = %s",
+        (tenant_id, commit_id),
+    )
+    if not rows:
+        raise UnknownCommitError(tenant_id, commit_id)
+    return rows[0]
+
+
+async def show_commit(conn: Conn, tenant_id: str, commit_id: str) -> CommitView:
+    """A commit and the state it records."""
+    row = await _commit(conn, tenant_id, commit_id)
+    return CommitView(entry=_entry(row), tenant_id=row["tenant_id"], snapshot=row["snapshot"])
+
+
+async def diff(conn: Conn, tenant_id: str, commit_a: str, commit_b: str) -> CommitDiff:
+    """What changed from ``commit_a`` to ``commit_b`` (any two commits of the tenant)."""
+    a = await _commit(conn, tenant_id, commit_a)
+    b = await _commit(conn, tenant_id, commit_b)
+    return diff_snapshots(commit_a, snapshot_view(a["snapshot"]), commit_b, snapshot_view(
+        b["snapshot"]
+    ))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class RejectionView:
+    """A refused WAL record (``rolebus rejections``)."""
+
+    wal_topic: str
+    wal_partition: int
+    wal_offset: int
+    reason: str
+    message: str
+    original: bytes
+    event_id: str | None
+    tenant_id: str | None
+    role_id: str | None
+    event_type: str | None
+    occurred_at: datetime | None
+    projected_at: datetime
+
+
+async def rejections(
+    conn: Conn,
+    tenant_id: str,
+    role_id: str | None = None,
+    reason: str | None = None,
+    limit: int = 50,
+) -> list[RejectionView]:
+    """The tenant's most recent refusals, newest first, optionally for one role
+    and/or one reason code. Undecodable records have no tenant and never show."""
+    rows = await _rows(
+        conn,
+        "SELECT wal_topic, wal_partition, wal_offset, reason, message, original, event_id,"
+        " tenant_id, role_id, event_type, occurred_at, projected_at FROM rejections"
+        " WHERE tenant_id = %s AND (%s::text IS NULL OR role_id = %s)"
+        " AND (%s::text IS NULL OR reason = %s)"
+        " ORDER BY projected_at DESC, wal_topic, wal_partition, wal_offset DESC LIMIT %s",
+        (tenant_id, role_id, role_id, reason, reason, limit),
+    )
+    return [_rejection(row) for row in rows]
+
+
+def _rejection(row: Mapping[str, Any]) -> RejectionView:
+    event_id = row["event_id"]
+    return RejectionView(
+        **{**row, "event_id": None if event_id is None else str(event_id),
+           "original": bytes(row["original"])},
+    )  # fmt: skip
