@@ -15,16 +15,18 @@ roles); an unknown role or commit raises ``UnknownRoleError`` /
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
 import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.multirange import Multirange
 
 from rolebus.projectors.views import (
+    AmbiguousCommitError,
     CommitDiff,
     CommitView,
     LogEntry,
@@ -129,12 +131,27 @@ async def log(conn: Conn, tenant_id: str, role_id: str) -> list[LogEntry]:
     return [_entry(row) for row in rows]
 
 
+_HEX = re.compile(r"^[0-9a-f]+$")
+MIN_PREFIX: Final = 6
+"""Shortest commit id prefix accepted (like ``git show 1a2b3c``)."""
+
+
 async def _commit(conn: Conn, tenant_id: str, commit_id: str) -> Row:
+    """The commit with this id, or the only one whose id starts with it."""
     rows = await _rows(
         conn,
         _COMMIT_WITH_SNAPSHOT + " WHERE tenant_id = %s AND commit_id = %s",
         (tenant_id, commit_id),
     )
+    if not rows and len(commit_id) >= MIN_PREFIX and _HEX.match(commit_id):
+        # A hex prefix holds no LIKE wildcard; commits_by_tenant_prefix serves it.
+        rows = await _rows(
+            conn,
+            _COMMIT_WITH_SNAPSHOT + " WHERE tenant_id = %s AND commit_id LIKE %s LIMIT 2",
+            (tenant_id, commit_id + "%"),
+        )
+        if len(rows) > 1:
+            raise AmbiguousCommitError(tenant_id, commit_id)
     if not rows:
         raise UnknownCommitError(tenant_id, commit_id)
     return rows[0]

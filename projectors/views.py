@@ -44,6 +44,14 @@ class UnknownCommitError(NotFoundError):
         )
 
 
+class AmbiguousCommitError(NotFoundError):
+    def __init__(self, tenant_id: str, prefix: str) -> None:
+        super().__init__(
+            f"commit {prefix!r}: several commits of tenant {tenant_id!r} start with it "
+            "(give more characters of the id)"
+        )
+
+
 SeqRanges = tuple[tuple[int, int], ...]
 """Inclusive ``(first, last)`` seq ranges, sorted and disjoint."""
 

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from rolebus.cli import demo, role, stack, topics, wal, worker
+from rolebus.cli import demo, reads, role, stack, topics, wal, worker
 from rolebus.cli.common import State
 from rolebus.errors import ConfigError, RolebusError
 
@@ -31,6 +31,10 @@ app.command()(role.rollback)
 app.command()(role.fork)
 app.command()(demo.demo)
 app.command()(worker.worker)
+app.command()(reads.log)
+app.command()(reads.show)
+app.command()(reads.diff)
+app.command()(reads.rejections)
 
 
 @app.callback()
