@@ -11,7 +11,7 @@ import math
 import os
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +63,18 @@ class Settings:
     """How long to wait for Kafka or Postgres to answer before failing."""
     pg_schema: str = "rolebus"
     """PostgreSQL schema of the context store (a replay rebuilds into another)."""
+    embeddings: str = "wordllama"
+    """Embedding provider: wordllama | sentence-transformers:<model> | openai:<base url>."""
+    embeddings_model: str | None = None
+    """Model name sent to an openai: endpoint (required there)."""
+    embeddings_api_key: str | None = field(default=None, repr=False)
+    """Bearer token for an openai: endpoint (unset: no Authorization header)."""
+    embeddings_dim: int | None = None
+    """Expected vector size; for openai: it skips the start-up probe request."""
+    embeddings_batch: int = 64
+    """Texts per embedding call (per HTTP request for openai:)."""
+    embeddings_timeout_s: float = 30.0
+    """How long one embedding request to an openai: endpoint may take."""
 
     def env_name(self, field_name: str) -> str:
         return ENV_PREFIX + field_name.upper()
@@ -164,6 +176,22 @@ def _optional(parse: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
     return parse_optional
 
 
+def parse_embeddings(name: str, raw: Any) -> str:
+    """``wordllama`` | ``sentence-transformers:<model name or path>`` | ``openai:<http(s) url>``."""
+    text = str(raw).strip()
+    kind, sep, arg = text.partition(":")
+    if text == "wordllama":
+        return text
+    if kind == "sentence-transformers" and sep and arg.strip():
+        return f"{kind}:{arg.strip()}"
+    if kind == "openai" and arg.startswith(("http://", "https://")) and len(arg) > 8:
+        return f"{kind}:{arg.rstrip('/')}"
+    raise ConfigError(
+        f"{name}: must be wordllama, sentence-transformers:<model name or path> or "
+        f"openai:<base url such as http://127.0.0.1:11434/v1> (got {raw!r})"
+    )
+
+
 _PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "data_dir": lambda n, v: Path(str(v)).expanduser(),
     "kafka_bootstrap": _optional(parse_bootstrap),
@@ -184,6 +212,12 @@ _PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "app_id": _parse_topic_prefix,
     "connect_timeout_s": _parse_float,
     "pg_schema": _parse_identifier,
+    "embeddings": parse_embeddings,
+    "embeddings_model": _optional(lambda n, v: str(v).strip()),
+    "embeddings_api_key": _optional(lambda n, v: str(v).strip()),
+    "embeddings_dim": _optional(_positive),
+    "embeddings_batch": _positive,
+    "embeddings_timeout_s": _parse_float,
 }
 
 
@@ -249,4 +283,9 @@ def _check(settings: Settings) -> Settings:
                 f"port ranges overlap (brokers {sorted(ports)}, controllers {sorted(ctl)}, "
                 f"postgres {settings.pg_port})"
             )
+    if settings.embeddings.startswith("openai:") and not settings.embeddings_model:
+        raise ConfigError(
+            "ROLEBUS_EMBEDDINGS_MODEL: required with ROLEBUS_EMBEDDINGS=openai:<url> "
+            "(the model name the endpoint serves, e.g. nomic-embed-text)"
+        )
     return settings

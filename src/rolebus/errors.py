@@ -54,3 +54,14 @@ class TransportError(RolebusError):
 
 class StoreError(RolebusError):
     """PostgreSQL could not be reached or refused a statement."""
+
+
+class EmbeddingError(RolebusError):
+    """An embedding provider could not load or could not embed a batch.
+
+    ``retriable``: the same call may succeed later (timeout, 5xx, refused connection).
+    """
+
+    def __init__(self, message: str, *, retriable: bool = False) -> None:
+        super().__init__(message)
+        self.retriable = retriable
