@@ -27,9 +27,12 @@ from rolebus.config import Settings
 from rolebus.endpoints import resolve
 from rolebus.projectors import queries
 from rolebus.projectors.db import connect, migrate
+from rolebus.projectors.embeddings import WordLlamaProvider
 from rolebus.projectors.views import UnknownCommitError, UnknownRoleError
 
 pytestmark = [pytest.mark.postgres]
+PROVIDER = WordLlamaProvider.load()
+"""The offline default provider (real weights from the wheel), shared by the tests."""
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 Conn = psycopg.AsyncConnection[tuple[object, ...]]
@@ -102,11 +105,12 @@ async def insert_role(conn: Conn, tenant: str, role: str, **cols: Any) -> None:
 async def insert_message(
     conn: Conn, tenant: str, role: str, seq: int, author: str, content: str, superseded: bool
 ) -> None:
+    [vector] = await PROVIDER.embed([content])
     await conn.execute(
         "INSERT INTO messages (tenant_id, role_id, seq, message_id, event_id, author, content,"
-        " occurred_at, superseded) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        " occurred_at, superseded, embedding) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
         (tenant, role, seq, f"m{seq}", uuid.uuid4(), author, content,
-         T0 + timedelta(minutes=seq), superseded),
+         T0 + timedelta(minutes=seq), superseded, vector),
     )  # fmt: skip
 
 
@@ -175,7 +179,7 @@ async def store(settings: Settings) -> AsyncIterator[Store]:
     schema = f"t_{uuid.uuid4().hex[:10]}"
     settings = replace(settings, pg_schema=schema)
     async with connect(settings, resolve(settings)) as conn:
-        await migrate(conn, schema, embedding_dim=8, embedding_model="test-8")
+        await migrate(conn, schema, embedding_dim=PROVIDER.dim, embedding_model=PROVIDER.name)
         await conn.commit()
         await seed(conn)
         yield Store(settings, schema, conn)
