@@ -1,7 +1,9 @@
 """The read side's queries over the context store: roles, commit history,
-committed states, diffs and rejections (``rolebus role show|list``, ``log``,
-``show``, ``diff``, ``rejections``; ``context`` and ``recall`` build on
-``rolebus.projectors.recall``).
+committed states, diffs, rejections and the prompt context (``rolebus role
+show|list``, ``log``, ``show``, ``diff``, ``rejections``, ``context``).
+``context`` and ``recall`` read a role's messages only through
+``visible_messages`` / ``rolebus.projectors.recall`` (migration 010), the one
+definition of what a role sees after rollbacks and forks.
 
 A thin SQL shell: each function runs one or two statements and turns rows
 into the frozen views of ``rolebus.projectors.views``, where the logic is.
@@ -25,6 +27,17 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.multirange import Multirange
 
+from rolebus.projectors import recall as recall_mod
+from rolebus.projectors.context import (
+    MESSAGE_OVERHEAD,
+    Context,
+    TokenCounter,
+    Turn,
+    assemble,
+    render_system,
+)
+from rolebus.projectors.embeddings import EmbeddingProvider
+from rolebus.projectors.tokens import count_tokens
 from rolebus.projectors.views import (
     AmbiguousCommitError,
     CommitDiff,
@@ -217,3 +230,70 @@ def _rejection(row: Mapping[str, Any]) -> RejectionView:
         **{**row, "event_id": None if event_id is None else str(event_id),
            "original": bytes(row["original"])},
     )  # fmt: skip
+
+
+# --- recall and prompt context ------------------------------------------------------
+
+DEFAULT_MAX_TOKENS: Final = 2000
+DEFAULT_RECALL_K: Final = 5
+
+_RECENT = (
+    "WITH lineage AS (SELECT role_id, depth FROM role_lineage(%(tenant)s, %(role)s))"
+    " SELECT v.role_id, v.seq, v.author, v.content FROM visible_messages(%(tenant)s, %(role)s) v"
+    " JOIN lineage l ON l.role_id = v.role_id ORDER BY l.depth, v.seq DESC LIMIT %(limit)s"
+)
+
+
+async def recall(
+    conn: Conn,
+    provider: EmbeddingProvider,
+    tenant_id: str,
+    role_id: str,
+    text: str,
+    k: int = DEFAULT_RECALL_K,
+) -> list[recall_mod.Recalled]:
+    """The ``k`` visible messages of a known role nearest in meaning to ``text``."""
+    await role_show(conn, tenant_id, role_id)  # unknown role: a clear error, not []
+    return await recall_mod.recall_text(conn, provider, tenant_id, role_id, text, k)
+
+
+async def context(
+    conn: Conn,
+    provider: EmbeddingProvider | None,
+    tenant_id: str,
+    role_id: str,
+    query: str | None = None,
+    max_tokens: int = DEFAULT_MAX_TOKENS,
+    *,
+    k: int = DEFAULT_RECALL_K,
+    count: TokenCounter = count_tokens,
+) -> Context:
+    """Chat messages for an LLM: persona, recent visible messages and those
+    recalled for ``query``, within ``max_tokens`` (``rolebus.projectors.context``).
+    ``provider`` embeds the query; it may be None when there is no query."""
+    role = await role_show(conn, tenant_id, role_id)
+    depth = {
+        str(r["role_id"]): int(r["depth"])
+        for r in await _rows(
+            conn, "SELECT role_id, depth FROM role_lineage(%s, %s)", (tenant_id, role_id)
+        )
+    }
+    # No message costs less than its overhead: more rows than this never fit.
+    params = {"tenant": tenant_id, "role": role_id, "limit": max_tokens // MESSAGE_OVERHEAD + 1}
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(_RECENT, params)
+        recent = [_turn(r["role_id"], r["seq"], r["author"], r["content"], depth) for r in (
+            await cur.fetchall())]  # fmt: skip
+    hits = []
+    if query:
+        if provider is None:
+            raise ValueError("context: a query needs an embedding provider")
+        hits = await recall_mod.recall_text(conn, provider, tenant_id, role_id, query, k)
+    recalled = [_turn(h.role_id, h.seq, h.author, h.content, depth) for h in hits]
+    system = render_system(role.persona, role.traits)
+    return assemble(system, recent, recalled, max_tokens=max_tokens, count=count)
+
+
+def _turn(role_id: str, seq: int, author: str, content: str, depth: Mapping[str, int]) -> Turn:
+    """A message in conversation order: a fork's sources (deepest first), then its own."""
+    return Turn(role_id, seq, (-depth.get(role_id, 0), seq), author, content)

@@ -294,3 +294,86 @@ async def test_cli_unknown_role_or_commit_exit_non_zero(store: Store, run_cli: R
         assert result.returncode != 0, args
         assert needle in result.stderr and "Traceback" not in result.stderr
         assert result.stdout == ""
+
+
+# --- recall and context ------------------------------------------------------------
+
+
+def contents(messages: list[dict[str, str]] | list[Any]) -> list[str]:
+    return [m["content"] for m in messages[1:]]
+
+
+async def test_context_excludes_superseded_and_keeps_order(store: Store) -> None:
+    ctx = await queries.context(store.conn, None, "acme", "r1")
+    assert ctx.messages[0] == {
+        "role": "system", "content": "You are a careful billing assistant.\n\nTraits:\n- tone: warm"
+    }  # fmt: skip
+    assert contents(ctx.messages) == [MESSAGES[s][1] for s in (3, 4, 5, 6, 11)]
+    assert [m["role"] for m in ctx.messages[1:]] == ["user", "assistant", "user", "assistant",
+                                                    "user"]  # fmt: skip
+
+
+async def test_fork_context_holds_its_source_history_up_to_the_fork(store: Store) -> None:
+    ctx = await queries.context(store.conn, None, "acme", "f1")
+    assert contents(ctx.messages) == [*(MESSAGES[s][1] for s in (3, 4, 5, 6)), "the fork speaks"]
+
+
+async def test_context_and_recall_stay_in_their_tenant(store: Store) -> None:
+    ctx = await queries.context(store.conn, PROVIDER, "other", "r1", query="invoice")
+    assert ctx.messages[0]["content"].startswith("Other tenant persona")
+    assert contents(ctx.messages) == ["other tenant secret"]
+    hits = await queries.recall(store.conn, PROVIDER, "other", "r1", "invoice", 10)
+    assert [h.content for h in hits] == ["other tenant secret"]
+    with pytest.raises(UnknownRoleError):
+        await queries.context(store.conn, None, "other", "f1")
+
+
+async def test_recall_ranks_visible_messages_only(store: Store) -> None:
+    hits = await queries.recall(
+        store.conn, PROVIDER, "acme", "r1", "billing problem with an invoice"
+    )
+    assert hits[0].seq == 3
+    everything = await queries.recall(store.conn, PROVIDER, "acme", "r1", "april", 20)
+    assert sorted(h.seq for h in everything) == [3, 4, 5, 6, 11]  # never 8, 9
+    forked = await queries.recall(store.conn, PROVIDER, "acme", "f1", "april", 20)
+    assert sorted((h.role_id, h.seq) for h in forked) == [("f1", 3), *(("r1", s) for s in (
+        3, 4, 5, 6))]  # fmt: skip
+
+
+async def test_token_budget_holds_and_recall_fills_the_rest(store: Store) -> None:
+    from rolebus.projectors.context import MESSAGE_OVERHEAD, REPLY_PRIMING
+    from rolebus.projectors.tokens import count_tokens
+
+    full = await queries.context(store.conn, None, "acme", "r1")
+    for budget in range(full.tokens - 1, 20, -7):
+        ctx = await queries.context(store.conn, PROVIDER, "acme", "r1", "invoice", budget)
+        real = REPLY_PRIMING + sum(count_tokens(m["content"]) + MESSAGE_OVERHEAD
+                                   for m in ctx.messages)  # fmt: skip
+        assert real == ctx.tokens <= budget
+    system = full.messages[0]["content"]
+    tight = REPLY_PRIMING + count_tokens(system) + MESSAGE_OVERHEAD
+    tight += sum(count_tokens(MESSAGES[s][1]) + MESSAGE_OVERHEAD for s in (3, 11))
+    ctx = await queries.context(store.conn, PROVIDER, "acme", "r1", "my invoice for march", tight)
+    assert contents(ctx.messages) == [MESSAGES[3][1], MESSAGES[11][1]]  # recalled, then recent
+    assert (ctx.recent, ctx.recalled, ctx.tokens) == (1, 1, tight)
+
+
+async def test_cli_recall_and_context(store: Store, run_cli: RunCli) -> None:
+    env = {**store.env, "ROLEBUS_TENANT": "acme", "COLUMNS": "250"}
+    msgs = json.loads(ok(run_cli("context", "r1", "--json", env=env)))
+    assert contents(msgs) == [MESSAGES[s][1] for s in (3, 4, 5, 6, 11)]
+    assert set(msgs[0]) == {"role", "content"}
+    small = run_cli("context", "r1", "--max-tokens", "40", "--query", "invoice", "--json", env=env)
+    assert len(json.loads(ok(small))) >= 1 and "tokens" in small.stderr
+    hits = json.loads(
+        ok(run_cli("recall", "r1", "invoice for march", "-k", "2", "--json", env=env))
+    )
+    assert hits[0]["seq"] == 3 and len(hits) == 2
+    assert "[bold]about[/bold]" in ok(run_cli("context", "r1", env=env))
+    for args, needle in [
+        (["context", "ghost"], "role 'ghost': not found"),
+        (["recall", "ghost", "x"], "role 'ghost': not found"),
+        (["context", "r1", "--max-tokens", "5"], "raise --max-tokens to at least"),
+    ]:
+        result = run_cli(*args, env=env)
+        assert result.returncode != 0 and needle in result.stderr, (args, result.stderr)

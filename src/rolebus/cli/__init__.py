@@ -35,6 +35,8 @@ app.command()(reads.log)
 app.command()(reads.show)
 app.command()(reads.diff)
 app.command()(reads.rejections)
+app.command()(reads.recall)
+app.command()(reads.context)
 
 
 @app.callback()

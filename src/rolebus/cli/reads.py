@@ -1,5 +1,5 @@
 """Read commands over the context store: ``rolebus role show|list``, ``log``,
-``show``, ``diff``, ``rejections`` (and ``recall``, ``context``).
+``show``, ``diff``, ``rejections``, ``recall`` and ``context``.
 
 Each command runs one query of ``rolebus.projectors.queries`` against the
 store schema (``ROLEBUS_PG_SCHEMA``) and prints either JSON (``--json``) or
@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from rolebus.cli.common import print_json, state
+from rolebus.cli.common import print_json, progress, state
 from rolebus.cli.role import Json, Tenant
 from rolebus.cli.role import app as role_app
 from rolebus.endpoints import resolve
@@ -237,3 +237,77 @@ def rejections(
     ]  # fmt: skip
     columns = ["WAL position", "role", "event", "reason", "message"]
     console.print(_table(f"{len(views)} rejection(s)", columns, rows))
+
+
+# --- recall / context --------------------------------------------------------------
+
+
+def _with_provider(
+    ctx: typer.Context, needed: bool, run: Callable[[queries.Conn, Any], Awaitable[T]]
+) -> T:
+    """Run a query with the configured embedding provider (loaded only if needed)."""
+    # Imported here: the providers pull in numpy and model code that only
+    # these two commands need.
+    from rolebus.projectors.embeddings import load_provider
+
+    settings = state(ctx).settings()
+
+    async def go() -> T:
+        provider = load_provider(settings) if needed else None
+        try:
+            async with connect(settings, resolve(settings)) as conn:
+                return await run(conn, provider)
+        finally:
+            if provider is not None:
+                await provider.aclose()
+
+    return asyncio.run(go())
+
+
+def recall(
+    ctx: typer.Context,
+    role: str,
+    text: Annotated[str, typer.Argument(help="What to look for, in plain words")],
+    tenant: Tenant,
+    k: Annotated[int, typer.Option("-k", min=1, help="How many messages")] = 5,
+    as_json: Json = False,
+) -> None:
+    """Find the role's live messages closest in meaning to TEXT (never another role's
+    or tenant's, never ones a rollback superseded)."""
+    hits = _with_provider(ctx, True, lambda c, p: queries.recall(c, p, tenant, role, text, k))
+    if as_json:
+        print_json([_plain(h) for h in hits])
+        return
+    rows = [(f"{h.distance:.3f}", h.role_id, h.seq, h.author, h.content) for h in hits]
+    columns = ["distance", "role", "seq", "author", "content"]
+    console.print(_table(f"{len(hits)} message(s) recalled", columns, rows))
+
+
+def context(
+    ctx: typer.Context,
+    role: str,
+    tenant: Tenant,
+    query: Annotated[
+        str | None, typer.Option("--query", "-q", help="Also recall messages about this")
+    ] = None,
+    max_tokens: Annotated[
+        int, typer.Option("--max-tokens", min=1, help="Token budget of the whole context")
+    ] = queries.DEFAULT_MAX_TOKENS,
+    k: Annotated[int, typer.Option("-k", min=1, help="Messages recalled for --query")] = 5,
+    as_json: Json = False,
+) -> None:
+    """Build the chat messages to send to an LLM for this role: persona, recent live
+    messages and (with --query) recalled ones, within --max-tokens. --json prints
+    the list of {"role", "content"} messages as it is."""
+    built = _with_provider(ctx, bool(query), lambda c, p: queries.context(
+        c, p, tenant, role, query, max_tokens, k=k
+    ))  # fmt: skip
+    progress(
+        f"context of {role}: {len(built.messages)} messages, {built.tokens}/{max_tokens} "
+        f"tokens ({built.recent} recent, {built.recalled} recalled)"
+    )
+    if as_json:
+        print_json(built.messages)
+        return
+    rows = [(m["role"], m["content"]) for m in built.messages]
+    console.print(_table(f"context of {role}", ["role", "content"], rows))
