@@ -68,7 +68,7 @@ _COMMIT_COLUMNS = _COMMIT_FIELDS + " FROM commits"
 _COMMIT_WITH_SNAPSHOT = _COMMIT_FIELDS + ", snapshot FROM commits"
 
 
-async def _rows(conn: Conn, query: str, params: tuple[Any, ...]) -> list[Row]:
+async def _rows(conn: Conn, query: str, params: tuple[Any, ...] | Mapping[str, Any]) -> list[Row]:
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(query, params)  # query: module constants only, never user text
         return await cur.fetchall()
@@ -239,7 +239,8 @@ DEFAULT_RECALL_K: Final = 5
 
 _RECENT = (
     "WITH lineage AS (SELECT role_id, depth FROM role_lineage(%(tenant)s, %(role)s))"
-    " SELECT v.role_id, v.seq, v.author, v.content FROM visible_messages(%(tenant)s, %(role)s) v"
+    " SELECT v.role_id, v.seq, v.author, v.content, l.depth"
+    " FROM visible_messages(%(tenant)s, %(role)s) v"
     " JOIN lineage l ON l.role_id = v.role_id ORDER BY l.depth, v.seq DESC LIMIT %(limit)s"
 )
 
@@ -272,26 +273,28 @@ async def context(
     recalled for ``query``, within ``max_tokens`` (``rolebus.projectors.context``).
     ``provider`` embeds the query; it may be None when there is no query."""
     role = await role_show(conn, tenant_id, role_id)
-    depth = {
-        str(r["role_id"]): int(r["depth"])
-        for r in await _rows(
-            conn, "SELECT role_id, depth FROM role_lineage(%s, %s)", (tenant_id, role_id)
-        )
-    }
     # No message costs less than its overhead: more rows than this never fit.
     params = {"tenant": tenant_id, "role": role_id, "limit": max_tokens // MESSAGE_OVERHEAD + 1}
-    async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(_RECENT, params)
-        recent = [_turn(r["role_id"], r["seq"], r["author"], r["content"], depth) for r in (
-            await cur.fetchall())]  # fmt: skip
-    hits = []
+    rows = await _rows(conn, _RECENT, params)
+    depth = {str(r["role_id"]): int(r["depth"]) for r in rows}
+    recent = [_turn(r["role_id"], r["seq"], r["author"], r["content"], depth) for r in rows]
+    recalled: list[Turn] = []
     if query:
         if provider is None:
             raise ValueError("context: a query needs an embedding provider")
         hits = await recall_mod.recall_text(conn, provider, tenant_id, role_id, query, k)
-    recalled = [_turn(h.role_id, h.seq, h.author, h.content, depth) for h in hits]
+        depth.update(await _depths(conn, tenant_id, role_id))
+        recalled = [_turn(h.role_id, h.seq, h.author, h.content, depth) for h in hits]
     system = render_system(role.persona, role.traits)
     return assemble(system, recent, recalled, max_tokens=max_tokens, count=count)
+
+
+async def _depths(conn: Conn, tenant_id: str, role_id: str) -> dict[str, int]:
+    """How many forks up each role of the lineage is (0: the role itself)."""
+    rows = await _rows(
+        conn, "SELECT role_id, depth FROM role_lineage(%s, %s)", (tenant_id, role_id)
+    )
+    return {str(r["role_id"]): int(r["depth"]) for r in rows}
 
 
 def _turn(role_id: str, seq: int, author: str, content: str, depth: Mapping[str, int]) -> Turn:
