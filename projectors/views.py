@@ -4,7 +4,9 @@ the committed state of a commit, and the diff of two commits.
 Pure: nothing here touches PostgreSQL (``rolebus.projectors.queries`` is the
 SQL shell that builds these views). ``snapshot_view`` is the ONE place that
 reads a commit's snapshot JSON (``commits.snapshot``, the commit record's
-``snapshot``), so a change of the snapshot's format is a change here only.
+``snapshot``) for the read side, with the live ranges from
+``recall.snapshot_live_ranges``, so a change of the snapshot's format is a
+change there and here only.
 ``diff_snapshots`` compares two committed states field by field; messages are
 compared by their identity (the role they were appended to, their seq and
 message id) inside each snapshot's message window.
@@ -21,6 +23,7 @@ from datetime import datetime
 from typing import Any
 
 from rolebus.errors import RolebusError
+from rolebus.projectors.recall import snapshot_live_ranges
 
 
 class NotFoundError(RolebusError):
@@ -145,17 +148,14 @@ class CommitView:
 
 def snapshot_view(doc: Mapping[str, Any]) -> Snapshot:
     """The stored snapshot JSON as a ``Snapshot`` (the only reader of its format)."""
-    lineage = doc.get("lineage") or {}
-    closed = [(int(a), int(b)) for a, b in lineage.get("closed", [])]
     seq = int(doc["seq"])
-    current = (int(lineage.get("branch_start", 1)), seq)
     return Snapshot(
         role_id=str(doc["role_id"]), name=str(doc["name"]), lifecycle=str(doc["lifecycle"]),
         persona=str(doc["persona"]), traits=dict(doc.get("traits") or {}),
         model=doc.get("model"), skills=tuple(doc.get("skills") or ()), seq=seq,
         counters=dict(doc.get("counters") or {}),
         messages=tuple(_snapshot_message(m) for m in doc.get("messages") or ()),
-        live=merge_ranges([*closed, current]),
+        live=merge_ranges(snapshot_live_ranges(doc)),
     )  # fmt: skip
 
 
