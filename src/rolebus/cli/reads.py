@@ -33,6 +33,7 @@ from rolebus.projectors.views import CommitDiff, LogEntry, RoleView, SeqRanges
 
 T = TypeVar("T")
 console = Console(highlight=False, soft_wrap=False)
+Role = Annotated[str, typer.Argument(help="Role id (see `rolebus role list`)")]
 SHORT = 12
 """Characters of a commit id shown in tables (``rolebus show`` takes a prefix)."""
 
@@ -89,7 +90,7 @@ def _table(title: str, columns: Iterable[str], rows: Iterable[Iterable[object]])
 
 
 @role_app.command("show")
-def role_show(ctx: typer.Context, role: str, tenant: Tenant, as_json: Json = False) -> None:
+def role_show(ctx: typer.Context, role: Role, tenant: Tenant, as_json: Json = False) -> None:
     """Show a role's current state as the context store has it."""
     view = _query(ctx, lambda c: queries.role_show(c, tenant, role))
     if as_json:
@@ -138,7 +139,7 @@ def role_list(
 # --- log / show / diff ---------------------------------------------------------
 
 
-def log(ctx: typer.Context, role: str, tenant: Tenant, as_json: Json = False) -> None:
+def log(ctx: typer.Context, role: Role, tenant: Tenant, as_json: Json = False) -> None:
     """Show a role's commit history, newest first (like git log)."""
     entries = _query(ctx, lambda c: queries.log(c, tenant, role))
     if as_json:
@@ -266,7 +267,7 @@ def _with_provider(
 
 def recall(
     ctx: typer.Context,
-    role: str,
+    role: Role,
     text: Annotated[str, typer.Argument(help="What to look for, in plain words")],
     tenant: Tenant,
     k: Annotated[int, typer.Option("-k", min=1, help="How many messages")] = 5,
@@ -285,7 +286,7 @@ def recall(
 
 def context(
     ctx: typer.Context,
-    role: str,
+    role: Role,
     tenant: Tenant,
     query: Annotated[
         str | None, typer.Option("--query", "-q", help="Also recall messages about this")
