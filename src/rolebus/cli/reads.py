@@ -30,6 +30,7 @@ from rolebus.endpoints import resolve
 from rolebus.projectors import queries
 from rolebus.projectors.db import connect
 from rolebus.projectors.views import CommitDiff, LogEntry, RoleView, SeqRanges
+from rolebus.streams.state import Lifecycle
 
 T = TypeVar("T")
 console = Console(highlight=False, soft_wrap=False)
@@ -117,13 +118,13 @@ def role_list(
     ctx: typer.Context,
     tenant: Tenant,
     lifecycle: Annotated[
-        str | None,
-        typer.Option("--state", help="Only roles in this lifecycle state (e.g. active)"),
+        Lifecycle | None, typer.Option("--state", help="Only roles in this lifecycle state")
     ] = None,
     as_json: Json = False,
 ) -> None:
     """List the tenant's roles."""
-    views = _query(ctx, lambda c: queries.role_list(c, tenant, lifecycle))
+    state_ = None if lifecycle is None else lifecycle.value
+    views = _query(ctx, lambda c: queries.role_list(c, tenant, state_))
     if as_json:
         print_json([_plain(v) for v in views])
         return
