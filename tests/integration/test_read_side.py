@@ -294,6 +294,8 @@ async def test_cli_unknown_role_or_commit_exit_non_zero(store: Store, run_cli: R
         assert result.returncode != 0, args
         assert needle in result.stderr and "Traceback" not in result.stderr
         assert result.stdout == ""
+    empty = run_cli("log", "r1", env={**env, "ROLEBUS_PG_SCHEMA": f"t_{uuid.uuid4().hex[:10]}"})
+    assert empty.returncode != 0 and "has no tables yet" in empty.stderr, empty.stderr
 
 
 # --- recall and context ------------------------------------------------------------

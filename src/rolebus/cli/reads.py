@@ -18,6 +18,7 @@ import json
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Annotated, Any, TypeVar
 
+import psycopg
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -27,6 +28,7 @@ from rolebus.cli.common import print_json, progress, state
 from rolebus.cli.role import Json, Tenant
 from rolebus.cli.role import app as role_app
 from rolebus.endpoints import resolve
+from rolebus.errors import StoreError
 from rolebus.projectors import queries
 from rolebus.projectors.db import connect
 from rolebus.projectors.views import CommitDiff, LogEntry, RoleView, SeqRanges
@@ -40,11 +42,35 @@ SHORT = 12
 
 
 def _query(ctx: typer.Context, run: Callable[[queries.Conn], Awaitable[T]]) -> T:
+    return _with_provider(ctx, False, lambda conn, _: run(conn))
+
+
+def _with_provider(
+    ctx: typer.Context, needed: bool, run: Callable[[queries.Conn, Any], Awaitable[T]]
+) -> T:
+    """Run a query on the store, with the configured embedding provider if
+    ``needed``; PostgreSQL's refusals become one ``StoreError`` line."""
     settings = state(ctx).settings()
 
     async def go() -> T:
-        async with connect(settings, resolve(settings)) as conn:
-            return await run(conn)
+        # Imported here: the providers pull in numpy and model code that only
+        # recall and context need.
+        from rolebus.projectors.embeddings import load_provider
+
+        provider = load_provider(settings) if needed else None
+        try:
+            async with connect(settings, resolve(settings)) as conn:
+                return await run(conn, provider)
+        except psycopg.errors.UndefinedTable as exc:
+            raise StoreError(
+                f"context store schema {settings.pg_schema!r} has no tables yet ({exc}); "
+                "run `rolebus db migrate` or start `rolebus project`, or set ROLEBUS_PG_SCHEMA"
+            ) from exc
+        except psycopg.Error as exc:
+            raise StoreError(f"context store query failed: {exc}") from exc
+        finally:
+            if provider is not None:
+                await provider.aclose()
 
     return asyncio.run(go())
 
@@ -242,28 +268,6 @@ def rejections(
 
 
 # --- recall / context --------------------------------------------------------------
-
-
-def _with_provider(
-    ctx: typer.Context, needed: bool, run: Callable[[queries.Conn, Any], Awaitable[T]]
-) -> T:
-    """Run a query with the configured embedding provider (loaded only if needed)."""
-    # Imported here: the providers pull in numpy and model code that only
-    # these two commands need.
-    from rolebus.projectors.embeddings import load_provider
-
-    settings = state(ctx).settings()
-
-    async def go() -> T:
-        provider = load_provider(settings) if needed else None
-        try:
-            async with connect(settings, resolve(settings)) as conn:
-                return await run(conn, provider)
-        finally:
-            if provider is not None:
-                await provider.aclose()
-
-    return asyncio.run(go())
 
 
 def recall(
