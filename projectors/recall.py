@@ -11,7 +11,7 @@ without an embedding are skipped; a result is ordered by distance, then by
 role and seq (ties are deterministic). Speed: the visibility filter is a plain
 predicate on ``messages``, so the planner can walk the HNSW index; pgvector's
 iterative scan keeps walking while the filter drops candidates. Small visible
-sets are searched exactly instead (see ``HNSW_FROM``). recall sets
+sets are searched exactly instead (see ``HNSW_FACTOR``). recall sets
 ``hnsw.iterative_scan`` and ``hnsw.ef_search`` on the connection's session
 (each result row says which settings it ran with; they are set again when a
 rollback undid them), so a search is one statement, one round trip.
@@ -19,7 +19,7 @@ rollback undid them), so a search is one statement, one round trip.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -59,18 +59,21 @@ class Recalled:
     """Cosine distance to the query: 0 same direction, 1 unrelated, 2 opposite."""
 
 
-# Visible sets below this many rows are searched exactly (btree + top-k sort):
-# the HNSW index walks far too many candidates when the filter keeps few of
-# them (measured: 1% of 100k rows, exact 5 ms vs iterative HNSW 30 ms), and
-# pgvector's cost model does not see it. Above it, HNSW with iterative scan.
-HNSW_FROM = 20_000
+# Exact search (btree + top-k sort) or HNSW? Exact costs ~extent row reads; an
+# HNSW iterative scan ~k / selectivity candidate visits, each dearer (measured
+# on 100k rows: a role of 1% of them, exact 5 ms vs HNSW 30 ms; a role of 64%,
+# HNSW 2 ms vs exact 60 ms). HNSW pays off when extent^2 >= HNSW_FACTOR * k *
+# table rows; pgvector's cost model does not see the filter, so we choose.
+HNSW_FACTOR = 10.0
 
 _BRANCH = """
     SELECT v.role_id, v.seq, v.message_id, v.author, v.content, v.occurred_at,
            v.embedding <=> %(query)s AS distance
     FROM visible_messages(%(tenant)s, %(role)s, %(own_live)s::int8multirange) v
     WHERE v.embedding IS NOT NULL
-      AND (SELECT visible_extent(%(tenant)s, %(role)s)) {cmp} %(hnsw_from)s
+      AND {negate} (SELECT visible_extent(%(tenant)s, %(role)s)::float8 ^ 2
+                        >= %(hnsw_factor)s * %(k)s * greatest(c.reltuples, 1)
+                    FROM pg_class c WHERE c.oid = 'messages'::regclass)
     ORDER BY {order} LIMIT %(k)s
 """
 # Both branches are planned; the one-time filter on visible_extent (an init
@@ -78,9 +81,9 @@ _BRANCH = """
 _RECALL = sql.SQL(
     "SELECT *, current_setting('hnsw.ef_search', true),"
     " current_setting('hnsw.iterative_scan', true) FROM (("
-    + _BRANCH.format(cmp="<", order="(v.embedding <=> %(query)s) + 0")
+    + _BRANCH.format(negate="NOT", order="(v.embedding <=> %(query)s) + 0")
     + ") UNION ALL ("
-    + _BRANCH.format(cmp=">=", order="v.embedding <=> %(query)s")
+    + _BRANCH.format(negate="", order="v.embedding <=> %(query)s")
     + ")) nearest ORDER BY distance, role_id, seq"
 )
 
@@ -104,18 +107,21 @@ async def recall(
     *,
     as_of: str | None = None,
     ef_search: int = EF_SEARCH,
-    hnsw_from: int = HNSW_FROM,
+    hnsw_factor: float = HNSW_FACTOR,
 ) -> list[Recalled]:
     """The ``k`` visible messages of the role nearest to ``query_vector``;
     ``as_of`` (a commit id of this role) recalls what was live at that commit."""
     if k < 1:
         raise ValueError(f"recall: k must be >= 1 (got {k})")
+    vector = as_vector(query_vector)
+    if not vector.to_numpy().any():
+        return []  # nothing to compare with (e.g. an empty text): every distance is NaN
     params = {
-        "query": as_vector(query_vector),
+        "query": vector,
         "tenant": tenant_id,
         "role": role_id,
         "k": k,
-        "hnsw_from": hnsw_from,
+        "hnsw_factor": hnsw_factor,
         "own_live": None if as_of is None else await live_at(conn, tenant_id, role_id, as_of),
     }
     tuning = (str(max(ef_search, k)), ITERATIVE_SCAN)
@@ -190,8 +196,3 @@ def snapshot_live_ranges(snapshot: Mapping[str, Any]) -> list[tuple[int, int]]:
 def multirange_literal(ranges: Iterable[tuple[int, int]]) -> str:
     """``{[a,b],[c,d]}`` (inclusive bounds) for an ``::int8multirange`` cast."""
     return "{" + ",".join(f"[{first},{last}]" for first, last in ranges) + "}"
-
-
-def vectors_text(rows: Sequence[npt.ArrayLike]) -> list[str]:
-    """pgvector's text form of each row (COPY ... FROM STDIN in text format)."""
-    return ["[" + ",".join(f"{x:.7g}" for x in np.asarray(r).ravel()) + "]" for r in rows]

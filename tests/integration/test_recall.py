@@ -100,6 +100,7 @@ async def test_nearest_live_messages_by_meaning(store: Store) -> None:
     assert [r.distance for r in found] == sorted(r.distance for r in found)
     assert {r.content for r in found} == set(TOPICS) and found[0].role_id == "r1"
     assert await store.contents("r1", "forgot my login credentials", 1) == [TOPICS[2]]
+    assert await store.contents("r1", "", 3) == []  # nothing to embed, nothing recalled
 
 
 async def test_superseded_and_unembedded_messages_are_skipped(store: Store) -> None:
@@ -174,21 +175,50 @@ async def test_fork_history_is_inherited_recursively(store: Store) -> None:
     ]
 
 
+async def recent(store: Store, role: str, limit: int, own_live: str | None = None) -> list[Any]:
+    cur = await store.conn.execute(
+        "SELECT role_id, seq FROM recent_visible_messages('t1', %s, %s, %s::int8multirange)",
+        (role, limit, own_live),
+    )
+    return await cur.fetchall()
+
+
+async def test_recent_visible_messages_newest_first_up_the_chain(store: Store) -> None:
+    await fork_family(store)
+    chain = [("grand", 1), ("fork", 1), ("src", 5), ("src", 4), ("src", 2), ("src", 1)]
+    assert await recent(store, "grand", 10) == chain
+    assert await recent(store, "grand", 3) == chain[:3]
+    assert await recent(store, "src", 10) == [("src", 6), ("src", 5), ("src", 2), ("src", 1)]
+    assert await recent(store, "src", 10, "{[1,2],[4,5]}") == [
+        ("src", 5),
+        ("src", 4),
+        ("src", 2),
+        ("src", 1),
+    ]
+    assert await recent(store, "fork", 0) == []
+    # The same rows as visible_messages, the one definition.
+    for role in ("src", "fork", "grand"):
+        cur = await store.conn.execute(
+            "SELECT role_id, seq FROM visible_messages('t1', %s)", (role,)
+        )
+        assert sorted(await cur.fetchall()) == sorted(await recent(store, role, 100))
+
+
 async def test_exact_and_hnsw_searches_agree(store: Store) -> None:
     await fork_family(store)
     vector = (await store.provider.embed(["invoice trouble"]))[0]
     for role in ("src", "fork", "grand"):
-        exact = await recall(store.conn, "t1", role, vector, 4, hnsw_from=10**9)
-        approx = await recall(store.conn, "t1", role, vector, 4, hnsw_from=0)
+        exact = await recall(store.conn, "t1", role, vector, 4, hnsw_factor=1e12)
+        approx = await recall(store.conn, "t1", role, vector, 4, hnsw_factor=0)
         assert [(r.role_id, r.seq) for r in exact] == [(r.role_id, r.seq) for r in approx]
         assert len(exact) == 4
 
 
-async def hnsw_scans(store: Store, role: str, hnsw_from: int) -> list[str]:
+async def hnsw_scans(store: Store, role: str, hnsw_factor: float) -> list[str]:
     """The HNSW index scan lines of recall's plan, run (EXPLAIN ANALYZE)."""
     vector = (await store.provider.embed(["invoice trouble"]))[0]
     params = {"query": as_vector(vector), "tenant": "t1", "role": role, "k": 3,
-              "hnsw_from": hnsw_from, "own_live": None}  # fmt: skip
+              "hnsw_factor": hnsw_factor, "own_live": None}  # fmt: skip
     async with store.conn.transaction():
         # A tiny table is cheaper to scan than to search: make the index look
         # as cheap as it is on a large one.
@@ -203,9 +233,9 @@ async def hnsw_scans(store: Store, role: str, hnsw_from: int) -> list[str]:
 
 async def test_only_large_visible_sets_use_the_hnsw_index(store: Store) -> None:
     await fork_family(store)
-    used = await hnsw_scans(store, "fork", hnsw_from=0)
+    used = await hnsw_scans(store, "fork", hnsw_factor=0)
     assert used and not any("never executed" in line for line in used), used
-    unused = await hnsw_scans(store, "fork", hnsw_from=10**9)
+    unused = await hnsw_scans(store, "fork", hnsw_factor=1e12)
     assert unused and all("never executed" in line for line in unused), unused
     await recall(store.conn, "t1", "src", [1.0] * store.provider.dim, 3)
     cur = await store.conn.execute("SHOW hnsw.iterative_scan")

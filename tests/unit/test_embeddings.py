@@ -14,8 +14,14 @@ import pytest
 
 from rolebus.config import load_settings
 from rolebus.errors import ConfigError, EmbeddingError
-from rolebus.projectors.embeddings import WordLlamaProvider, load_provider, normalize
+from rolebus.projectors.embeddings import (
+    INLINE_CHARS,
+    WordLlamaProvider,
+    load_provider,
+    normalize,
+)
 from rolebus.projectors.embeddings_http import endpoint_url, parse_answer
+from rolebus.projectors.recall import multirange_literal, snapshot_live_ranges
 
 
 def settings(**env: str):  # type: ignore[no-untyped-def]
@@ -132,6 +138,8 @@ def test_wordllama_loads_without_any_network_access(tmp_path: Path) -> None:
         from rolebus.projectors.embeddings import load_provider
         provider = load_provider(load_settings(env={}, config_file=None))
         print(asyncio.run(provider.embed(["hello there"])).shape)
+        import logging  # wordllama's basicConfig at import was undone
+        assert not logging.getLogger().handlers, logging.getLogger().handlers
         """
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ROLEBUS_", "HF_"))}
@@ -195,3 +203,20 @@ def test_malformed_answers(payload: object, rule: str) -> None:
 def test_answer_of_the_wrong_size_is_refused() -> None:
     with pytest.raises(EmbeddingError, match=r"sizes \[2\] \(expected 3\)"):
         parse_answer("u", {"data": [{"embedding": [1.0, 0.0]}]}, 1, 3)
+
+
+def test_live_ranges_of_a_commit_snapshot() -> None:
+    snapshot = {"seq": 9, "lineage": {"closed": [[1, 2], [4, 5]], "branch_start": 8}}
+    assert snapshot_live_ranges(snapshot) == [(1, 2), (4, 5), (8, 9)]
+    assert multirange_literal(snapshot_live_ranges(snapshot)) == "{[1,2],[4,5],[8,9]}"
+    # An empty current branch adds no range.
+    assert snapshot_live_ranges({"seq": 7, "lineage": {"closed": [], "branch_start": 8}}) == []
+
+
+async def test_wordllama_inline_and_threaded_paths_agree() -> None:
+    provider = WordLlamaProvider.load()
+    short = ["my invoice for march is wrong"]
+    long = [f"message {i} about refunds, parcels and dragons" for i in range(200)]
+    assert sum(map(len, long)) > INLINE_CHARS >= sum(map(len, short))
+    for texts in (short, long):
+        assert np.array_equal(await provider.embed(texts), provider.embed_sync(texts))
