@@ -1,5 +1,6 @@
 # rolebus: everything a fresh machine needs is installed from here (PyPI via pip,
-# the Kafka jars via Maven at first `stack up`, Compose for the compose check via apt).
+# the Kafka jars via Maven at first `stack up`, Compose for the compose check and
+# chromium for the dashboard page test via apt).
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -23,6 +24,7 @@ demo: $(STAMP)
 ## test: lint, type check and the whole test suite (starts real Kafka + Postgres itself)
 test: $(STAMP)
 	scripts/ensure-compose
+	scripts/ensure-chromium
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
@@ -33,8 +35,10 @@ unit: $(STAMP)
 
 ## bench: the benchmarks, each printing its ratio against a same-run baseline
 bench: $(STAMP)
-	@# Run both even when the first misses its goal; fail if either did.
-	$(BIN)/python bench/produce.py; p=$$?; $(BIN)/python bench/fold.py; f=$$?; exit $$((p || f))
+	@# Run every one even when an earlier one misses its goal; fail if any did.
+	$(BIN)/python bench/produce.py; p=$$?; $(BIN)/python bench/fold.py; f=$$?; \
+	$(BIN)/python bench/latency.py; l=$$?; $(BIN)/python bench/project.py; j=$$?; \
+	exit $$((p || f || l || j))
 
 stack-down: $(STAMP)
 	$(BIN)/rolebus stack down

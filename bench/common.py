@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 import time
 import uuid
@@ -19,6 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+
+# Workloads and worker harnesses are test tools, not product code: they live in tests/.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from rolebus.config import Settings, load_settings
 from rolebus.stack import ports

@@ -43,9 +43,9 @@ from rolebus.config import Settings
 from rolebus.endpoints import Endpoints, resolve
 from rolebus.errors import RolebusError
 from rolebus.projectors import db, queries
-from rolebus.streams.harness import WorkerProcess, worker_env
 from rolebus.wal import topics
 from rolebus.wal.client import RoleClient
+from testkit.harness import WorkerProcess, worker_env
 
 GOAL_P99_MS = 100.0
 TENANT = "bench"

@@ -25,9 +25,9 @@ from typing import Any, Final
 
 import psycopg
 from psycopg.rows import dict_row
-from psycopg.types.multirange import Multirange
 
 from rolebus.projectors import recall as recall_mod
+from rolebus.projectors import seqranges
 from rolebus.projectors.context import (
     MESSAGE_OVERHEAD,
     Context,
@@ -44,11 +44,9 @@ from rolebus.projectors.views import (
     CommitView,
     LogEntry,
     RoleView,
-    SeqRanges,
     UnknownCommitError,
     UnknownRoleError,
     diff_snapshots,
-    merge_ranges,
     snapshot_view,
 )
 
@@ -74,26 +72,12 @@ async def _rows(conn: Conn, query: str, params: tuple[Any, ...] | Mapping[str, A
         return await cur.fetchall()
 
 
-def ranges_of(value: Multirange[int] | None) -> SeqRanges:
-    """An ``int8multirange`` as inclusive ``(first, last)`` pairs."""
-    if value is None:
-        return ()
-    pairs = []
-    for r in value:
-        if r.isempty or r.lower is None or r.upper is None:
-            continue
-        first = r.lower if r.lower_inc else r.lower + 1
-        last = r.upper if r.upper_inc else r.upper - 1
-        pairs.append((first, last))
-    return merge_ranges(pairs)
-
-
 def _role(row: Row) -> RoleView:
     return RoleView(
         tenant_id=row["tenant_id"], role_id=row["role_id"], lifecycle=row["lifecycle"],
         name=row["name"], persona=row["persona"], traits=row["traits"], model=row["model"],
         skills=tuple(row["skills"]), seq=row["seq"], head_commit_id=row["head_commit_id"],
-        counters=row["counters"], live=ranges_of(row["live"]),
+        counters=row["counters"], live=seqranges.from_multirange(row["live"]),
         forked_from_role=row["forked_from_role"], forked_from_commit=row["forked_from_commit"],
         created_at=row["created_at"], updated_at=row["updated_at"],
     )  # fmt: skip

@@ -4,9 +4,8 @@ the committed state of a commit, and the diff of two commits.
 Pure: nothing here touches PostgreSQL (``rolebus.projectors.queries`` is the
 SQL shell that builds these views). ``snapshot_view`` is the ONE place that
 reads a commit's snapshot JSON (``commits.snapshot``, the commit record's
-``snapshot``) for the read side, with the live ranges from
-``recall.snapshot_live_ranges``, so a change of the snapshot's format is a
-change there and here only.
+``snapshot``) for the read side, through ``rolebus.wal.snapshot``'s typed
+parser, so a change of the snapshot's format is a change there only.
 ``diff_snapshots`` compares two committed states field by field; messages are
 compared by their identity (the role they were appended to, their seq and
 message id) inside each snapshot's message window.
@@ -17,13 +16,15 @@ not-found errors name the object, the tenant and the way to list what exists.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from rolebus.errors import RolebusError
-from rolebus.projectors.recall import snapshot_live_ranges
+from rolebus.projectors import seqranges
+from rolebus.wal.snapshot import live_ranges, parse_snapshot
 
 
 class NotFoundError(RolebusError):
@@ -55,7 +56,7 @@ class AmbiguousCommitError(NotFoundError):
         )
 
 
-SeqRanges = tuple[tuple[int, int], ...]
+SeqRanges = seqranges.Ranges
 """Inclusive ``(first, last)`` seq ranges, sorted and disjoint."""
 
 
@@ -147,50 +148,19 @@ class CommitView:
 
 
 def snapshot_view(doc: Mapping[str, Any]) -> Snapshot:
-    """The stored snapshot JSON as a ``Snapshot`` (the only reader of its format)."""
-    seq = int(doc["seq"])
+    """The stored snapshot JSON as a ``Snapshot`` view (parsed, so checked, by
+    ``rolebus.wal.snapshot``: the one reader of its format)."""
+    s = parse_snapshot(doc)
     return Snapshot(
-        role_id=str(doc["role_id"]), name=str(doc["name"]), lifecycle=str(doc["lifecycle"]),
-        persona=str(doc["persona"]), traits=dict(doc.get("traits") or {}),
-        model=doc.get("model"), skills=tuple(doc.get("skills") or ()), seq=seq,
-        counters=dict(doc.get("counters") or {}),
-        messages=tuple(_snapshot_message(m) for m in doc.get("messages") or ()),
-        live=merge_ranges(snapshot_live_ranges(doc)),
+        role_id=s.role_id, name=s.name, lifecycle=s.lifecycle.value, persona=s.persona,
+        traits=dict(s.traits), model=s.model, skills=s.skills, seq=s.seq,
+        counters=dataclasses.asdict(s.counters),
+        messages=tuple(
+            SnapshotMessage(m.role_id, m.seq, m.message_id, m.author.value, m.content)
+            for m in s.messages
+        ),
+        live=seqranges.normalize(live_ranges(s)),
     )  # fmt: skip
-
-
-def _snapshot_message(m: Mapping[str, Any]) -> SnapshotMessage:
-    return SnapshotMessage(
-        role_id=str(m["role_id"]), seq=int(m["seq"]), message_id=str(m["message_id"]),
-        author=str(m["author"]), content=str(m["content"]),
-    )  # fmt: skip
-
-
-def merge_ranges(ranges: Sequence[tuple[int, int]]) -> SeqRanges:
-    """Sorted, disjoint, non-adjacent inclusive ranges; empty ranges dropped."""
-    merged: list[tuple[int, int]] = []
-    for first, last in sorted(r for r in ranges if r[0] <= r[1]):
-        if merged and first <= merged[-1][1] + 1:
-            merged[-1] = (merged[-1][0], max(last, merged[-1][1]))
-        else:
-            merged.append((first, last))
-    return tuple(merged)
-
-
-def subtract_ranges(ranges: SeqRanges, removed: SeqRanges) -> SeqRanges:
-    """The seqs of ``ranges`` not in ``removed``."""
-    out: list[tuple[int, int]] = []
-    for first, last in ranges:
-        start = first
-        for cut_first, cut_last in removed:
-            if cut_last < start or cut_first > last:
-                continue
-            if cut_first > start:
-                out.append((start, cut_first - 1))
-            start = max(start, cut_last + 1)
-        if start <= last:
-            out.append((start, last))
-    return merge_ranges(out)
 
 
 @dataclass(frozen=True)
@@ -243,8 +213,8 @@ def diff_snapshots(commit_a: str, a: Snapshot, commit_b: str, b: Snapshot) -> Co
         changes=tuple(changes),
         only_in_a=tuple(m for m in a.messages if m.key not in keys_b),
         only_in_b=tuple(m for m in b.messages if m.key not in keys_a),
-        live_only_in_a=subtract_ranges(a.live, b.live),
-        live_only_in_b=subtract_ranges(b.live, a.live),
+        live_only_in_a=seqranges.subtract(a.live, b.live),
+        live_only_in_b=seqranges.subtract(b.live, a.live),
     )
 
 

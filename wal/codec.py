@@ -4,7 +4,8 @@ Wire form (Avro spec, 'Single object encoding'): ``C3 01``, the 8-byte
 little-endian CRC-64-AVRO fingerprint of the writer schema, then the Avro binary
 body. Writers always use the current schema (``rolebus.wal.schema.current()``);
 readers look the writer schema up by fingerprint and resolve it against the
-current one, so events written under any kept version stay readable.
+current one, so events written under any kept version stay readable; then the
+upcasters of ``rolebus.wal.upcast`` convert fields whose meaning changed.
 
 Invariants: ``decode(encode(e)) == e`` for every valid envelope; ``encode`` is
 deterministic (flags and trait keys are written sorted); ``decode`` either
@@ -23,7 +24,7 @@ from typing import Any, Final, cast
 from fastavro import schemaless_reader, schemaless_writer
 
 from rolebus.errors import DecodeError, SchemaError
-from rolebus.wal import fastenc, schema
+from rolebus.wal import fastenc, schema, upcast
 from rolebus.wal.canonical import to_micros
 from rolebus.wal.events import (
     PAYLOAD_TYPES,
@@ -295,7 +296,9 @@ def decode(data: bytes | bytearray | memoryview) -> Envelope:
             return_record_name=True,
             return_record_name_override=True,
         )
-        envelope = from_datum(cast(Datum, datum))
+        # Resolution fixed the shape; upcasters fix the meaning (rolebus.wal.upcast).
+        resolved = upcast.SHIPPED.apply(version.version, current.version, cast(Datum, datum))
+        envelope = from_datum(resolved)
     except Exception as exc:  # garbage input makes fastavro fail in many ways
         raise DecodeError(
             f"cannot decode {len(data)} bytes with writer schema v{version.version} "

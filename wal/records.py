@@ -16,10 +16,13 @@ Invariants: ``decode_*(encode(record)) == record``; decoders raise
 well-formed record of their kind. Outputs are at-least-once: a record can
 arrive twice, always with identical content, and ``idempotency_key`` names
 what to dedupe on (the event id; the commit id; a rejection's WAL position).
-A commit record's ``snapshot`` is the plain logical view of the committed
-state, so ``sha256(canonical_bytes(snapshot)) == state_digest`` can be
-checked by any consumer. Headers: ``rolebus-app`` (the app id of the writer),
-``traceparent`` (the ``rolebus.fold`` span), ``rolebus-commit-id`` on commits.
+A commit record's ``snapshot`` is the committed logical state, typed
+(``rolebus.wal.snapshot.Snapshot``); on the wire it is its canonical JSON, so
+``sha256(canonical_bytes(snapshot)) == state_digest`` can be checked by any
+consumer. The writer splices the snapshot's cached canonical text (the one
+the digest was computed from) instead of encoding the state again.
+Headers: ``rolebus-app`` (the app id of the writer), ``traceparent`` (the
+worker's batch span), ``rolebus-commit-id`` on commits.
 """
 
 from __future__ import annotations
@@ -31,8 +34,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
-from rolebus.errors import SchemaError
 from rolebus.wal.events import WalPosition
+from rolebus.wal.snapshot import RecordError, Snapshot, parse_snapshot
 
 VERSION: Final = 1
 UNDECODABLE: Final = "undecodable"
@@ -45,8 +48,11 @@ APP_HEADER: Final = "rolebus-app"
 """Header naming the processor group (app id) that wrote an output record."""
 
 
-class RecordError(SchemaError):
-    """An output record could not be decoded."""
+__all__ = [
+    "APP_HEADER", "COMMIT_ID_HEADER", "KEY_MISMATCH", "UNDECODABLE", "VERSION", "ChangeRecord",
+    "CommitRecord", "OutputRecord", "RecordError", "RejectionRecord", "SeqRanges", "decode",
+    "decode_change", "decode_commit", "decode_rejection", "encode", "record_key",
+]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -108,8 +114,8 @@ class CommitRecord:
     """The event that cut the commit."""
     position: WalPosition | None
     """WAL position of that event, when known (not part of the commit id)."""
-    snapshot: Mapping[str, Any]
-    """The logical state as plain JSON (``streams.serde.logical_json``)."""
+    snapshot: Snapshot
+    """The committed logical state."""
 
     @property
     def idempotency_key(self) -> str:
@@ -182,14 +188,25 @@ def change_json(rec: ChangeRecord) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def commit_json(rec: CommitRecord) -> dict[str, Any]:
+def _commit_fields(rec: CommitRecord) -> dict[str, Any]:
+    """Every field of the commit record but its snapshot."""
     return {
         "v": VERSION, "type": "commit", "commit_id": rec.commit_id, "role_id": rec.role_id,
         "tenant_id": rec.tenant_id, "parent_id": rec.parent_id, "seq": rec.seq,
         "state_digest": rec.state_digest, "occurred_at": rec.occurred_at_us, "kind": rec.kind,
         "label": rec.label, "event_id": rec.event_id, "position": _position(rec.position),
-        "snapshot": dict(rec.snapshot),
     }  # fmt: skip
+
+
+def _encode_commit(rec: CommitRecord) -> bytes:
+    """``{...fields, "snapshot": <canonical text>}`` with keys sorted: "snapshot"
+    sorts between "seq" and "state_digest", so the fields before and after it
+    are each one non-empty sorted map and the snapshot's text goes in between."""
+    doc = _commit_fields(rec)
+    before = _dumps({k: v for k, v in doc.items() if k < "snapshot"})
+    after = _dumps({k: v for k, v in doc.items() if k > "snapshot"})
+    snapshot = rec.snapshot.canonical_text.encode()
+    return before[:-1] + b',"snapshot":' + snapshot + b"," + after[1:]
 
 
 def rejection_json(rec: RejectionRecord) -> dict[str, Any]:
@@ -206,7 +223,7 @@ def encode(rec: OutputRecord) -> bytes:
     if isinstance(rec, ChangeRecord):
         return _dumps(change_json(rec))
     if isinstance(rec, CommitRecord):
-        return _dumps(commit_json(rec))
+        return _encode_commit(rec)
     return _dumps(rejection_json(rec))
 
 
@@ -318,7 +335,7 @@ def _commit(r: _Reader) -> CommitRecord:
         seq=r.get("seq", int), state_digest=r.get("state_digest", str),
         occurred_at_us=r.get("occurred_at", int), kind=r.get("kind", str),
         label=r.get("label", str, optional=True), event_id=r.get("event_id", str),
-        position=r.position(optional=True), snapshot=r.get("snapshot", dict),
+        position=r.position(optional=True), snapshot=parse_snapshot(r.get("snapshot", dict)),
     )  # fmt: skip
 
 

@@ -75,6 +75,10 @@ class Settings:
     """Texts per embedding call (per HTTP request for openai:)."""
     embeddings_timeout_s: float = 30.0
     """How long one embedding request to an openai: endpoint may take."""
+    projector_group: str | None = None
+    """Consumer group of `rolebus project` (default <app_id>-projector)."""
+    projector_batch: int = 2000
+    """Most output records `rolebus project` writes in one transaction."""
 
     def env_name(self, field_name: str) -> str:
         return ENV_PREFIX + field_name.upper()
@@ -212,6 +216,8 @@ _PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "app_id": _parse_topic_prefix,
     "connect_timeout_s": _parse_float,
     "pg_schema": _parse_identifier,
+    "projector_group": _optional(_parse_topic_prefix),
+    "projector_batch": _positive,
     "embeddings": parse_embeddings,
     "embeddings_model": _optional(lambda n, v: str(v).strip()),
     "embeddings_api_key": _optional(lambda n, v: str(v).strip()),

@@ -285,6 +285,87 @@ def test_projector_is_under_its_profile(compose: Compose) -> None:
     assert _env(projector)["ROLEBUS_KAFKA_BOOTSTRAP"] == "kafka:9092"
 
 
+def _binds(service: dict[str, Any]) -> dict[str, Path]:
+    """Bind mounts of a service: container target -> host source (v1 strings, v2 dicts)."""
+    found = {}
+    for volume in service.get("volumes") or []:
+        if isinstance(volume, dict):
+            if volume.get("type") == "bind":
+                found[str(volume["target"])] = Path(str(volume["source"]))
+        elif str(volume).startswith("/"):
+            source, target = str(volume).split(":")[:2]
+            found[target] = Path(source)
+    return found
+
+
+def test_dashboard_and_monitoring_services(compose: Compose, run_cli: Any) -> None:
+    model = compose.config("--profile", "projectors", "--profile", "monitoring")
+    services = model["services"]
+    assert [str(w) for w in services["projector"]["command"]] == ["project"]
+    assert run_cli("project", "--help").returncode == 0
+    dashboard = services["dashboard"]
+    command = [str(w) for w in dashboard["command"]]
+    assert command[0] == "dashboard" and command[command.index("--host") + 1] == "0.0.0.0"
+    port = command[command.index("--port") + 1]
+    assert run_cli(*command[:1], "--help").returncode == 0
+    assert _env(dashboard)["ROLEBUS_PG_DSN"].startswith("postgresql://")
+    assert dashboard["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert list(dashboard["profiles"]) == ["projectors"]
+    for name in ("prometheus", "grafana"):
+        assert list(services[name]["profiles"]) == ["monitoring"]
+        for target, source in _binds(services[name]).items():
+            assert source.exists(), f"{name}: {source} (mounted at {target}) is not in the repo"
+
+    prometheus = _binds(services["prometheus"])["/etc/prometheus/prometheus.yml"]
+    (job,) = parse_block_yaml(prometheus.read_text())["scrape_configs"]
+    assert job["metrics_path"] == "/metrics"
+    assert job["metric_name_escaping_scheme"] == "underscores"
+    assert job["static_configs"][0]["targets"] == [f"dashboard:{port}"]
+
+    grafana = _binds(services["grafana"])
+    datasource = parse_block_yaml(
+        (grafana["/etc/grafana/provisioning"] / "datasources" / "prometheus.yaml").read_text()
+    )["datasources"][0]
+    assert datasource["url"] == "http://prometheus:9090"
+    provider = parse_block_yaml(
+        (grafana["/etc/grafana/provisioning"] / "dashboards" / "rolebus.yaml").read_text()
+    )["providers"][0]
+    assert provider["options"]["path"] in grafana
+    board = json.loads((grafana[provider["options"]["path"]] / "rolebus.json").read_text())
+    uids = {p["datasource"]["uid"] for p in board["panels"]}
+    assert uids == {datasource["uid"]}
+
+
+def test_grafana_queries_only_metrics_that_metrics_exposes() -> None:
+    """Every metric a Grafana panel queries is one /metrics serves (default escaping)."""
+    from prometheus_client.exposition import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+    from prometheus_client.registry import CollectorRegistry
+
+    from rolebus.projectors.dashboard_sql import RoleTotals, TenantNow
+    from rolebus.projectors.metrics import StoreCollector
+
+    counts = {"events": 1, "msg_assistant": 1, "lag_count": 1}
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(
+        StoreCollector(
+            [RoleTotals("t", "r", "m", counts, [1], {"x": 1})],
+            [TenantNow("t", 5, {"active": 1})],
+        )
+    )
+    text = generate_latest(registry).decode()
+    served = {s.name for f in text_string_to_metric_families(text) for s in f.samples}
+    board = json.loads((ROOT / "docker" / "grafana" / "dashboards" / "rolebus.json").read_text())
+    exprs = [t["expr"] for p in board["panels"] for t in p["targets"]]
+    queried = {
+        name
+        for expr in exprs
+        for name in re.findall(r"\b((?:rolebus|gen_ai)_[a-z_]+)\s*[{\[]", expr)
+    }
+    assert len(queried) >= 8, queried
+    assert queried <= served, sorted(queried - served)
+
+
 def _mutated_copy(tmp_path: Path, old: str, new: str) -> Path:
     """The real compose file with one change, at tmp/docker/ so `context: ..` exists."""
     text = COMPOSE_FILE.read_text()

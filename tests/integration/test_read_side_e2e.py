@@ -6,9 +6,6 @@ context holds its source's history up to the fork commit, and another tenant's
 role and refusals stay apart (role ids are global in the log: another tenant
 writing to ``nova`` is refused as ``cross_tenant``, and that refusal is the
 other tenant's).
-
-Needs ``rolebus project`` (branch ``projector``); skipped, saying so, where it
-is not installed.
 """
 
 from __future__ import annotations
@@ -30,11 +27,10 @@ from rolebus.endpoints import Endpoints, resolve
 from rolebus.projectors import db, queries
 from rolebus.projectors.embeddings import WordLlamaProvider
 from rolebus.projectors.views import UnknownRoleError
-from rolebus.streams.harness import WorkerProcess, worker_env
 from rolebus.wal import topics
 from rolebus.wal.client import RoleClient
+from testkit.harness import WorkerProcess, worker_env
 
-pytest.importorskip("rolebus.cli.project", reason="`rolebus project` is not on this branch")
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.slow]
 
 TALK = ["my invoice for march is wrong", "Sorry, let me check.", "it says 40 euros",

@@ -17,13 +17,13 @@ import pytest
 
 from rolebus.config import Settings
 from rolebus.endpoints import Endpoints, resolve
-from rolebus.streams import harness
-from rolebus.streams.harness import OutputReader, Summary, WorkerProcess
-from rolebus.streams.state import FoldConfig
-from rolebus.streams.workload import Workload, WorkloadSpec
+from rolebus.streams.core.state import FoldConfig
 from rolebus.wal import records, topics
 from rolebus.wal.client import RoleClient
 from rolebus.wal.events import Envelope
+from testkit import harness
+from testkit.harness import OutputReader, Summary, WorkerProcess
+from testkit.workload import Workload, WorkloadSpec
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.timeout(400)]
 log = logging.getLogger(__name__)
@@ -99,8 +99,8 @@ async def test_kill_one_of_two_workers_mid_stream(cluster: Cluster) -> None:
     a, b = cluster.worker(group, "a").start(), cluster.worker(group, "b").start()
     workers = [a, b]
     try:
-        await a.wait_for_log("tables ready:", 60)
-        await b.wait_for_log("tables ready:", 60)
+        await a.wait_for_log("ready:", 60)
+        await b.wait_for_log("ready:", 60)
         flowing = asyncio.create_task(cluster.send(cluster.workload.take(1500), pause_s=0.2))
         await asyncio.sleep(1.5)
         assert not flowing.done(), "the kill must happen while events flow"
@@ -136,7 +136,7 @@ async def restart_all(
     mark = len(cluster.reader.seen) + len(await cluster.reader.poll())
     c, d = cluster.worker(group, "c").start(), cluster.worker(group, "d").start()
     workers += [c, d]
-    ready = [await w.wait_for_log("tables ready:", 90) for w in (c, d)]
+    ready = [await w.wait_for_log("ready:", 90) for w in (c, d)]
     old = {o.record.idempotency_key for o in cluster.reader.seen[:mark]}
     more = cluster.workload.take(300) + cluster.workload.commit_all("after-restart")
     await cluster.send(more)
@@ -147,3 +147,31 @@ async def restart_all(
     refolded = [r for r in folded if r.idempotency_key in old]
     assert refolded == [], f"restarted workers folded {len(refolded)} old records again"
     assert max(ready) < 60, ready
+
+
+async def test_a_worker_joins_and_another_leaves_under_load(cluster: Cluster) -> None:
+    """Rebalance under load: a third worker joins mid-stream, then one of the
+    first two leaves with SIGTERM; the outputs equal the pure fold and a fresh
+    single worker's, and the worker that left stopped cleanly."""
+    group = f"rb-join-{uuid.uuid4().hex[:8]}"
+    await cluster.send(cluster.workload.take(800))
+    a, b = cluster.worker(group, "a").start(), cluster.worker(group, "b").start()
+    try:
+        await a.wait_for_log("ready:", 60)
+        await b.wait_for_log("ready:", 60)
+        flowing = asyncio.create_task(cluster.send(cluster.workload.take(2000), pause_s=0.5))
+        await asyncio.sleep(1.0)
+        c = cluster.worker(group, "c").start()
+        await c.wait_for_log("ready:", 60)
+        assert not flowing.done(), "the join must happen while events flow"
+        assert a.stop() == 0, a.log_text()[-3000:]
+        await flowing
+        await cluster.send(cluster.workload.commit_all())
+        three = await cluster.settle(group)
+        assert "stopping: the last batch is stored and committed" in a.log_text()
+        fresh = f"rb-single-{uuid.uuid4().hex[:8]}"
+        cluster.worker(fresh, "single").start()
+        assert_same(await cluster.settle(fresh), three)
+    finally:
+        for worker in cluster.workers:
+            worker.stop(10)

@@ -6,10 +6,9 @@ import random
 import zlib
 from collections.abc import Mapping, Sequence
 
-from rolebus.streams.batch import Folder, WalItem, admit, fold_log, items_by_partition
-from rolebus.streams.commits import Commit
-from rolebus.streams.state import FoldConfig, RoleState, state_digest
-from rolebus.streams.workload import Workload, WorkloadSpec
+from rolebus.streams.core.commits import Commit
+from rolebus.streams.core.log import Folder, WalItem, admit, fold_log, items_by_partition
+from rolebus.streams.core.state import FoldConfig, RoleState, state_digest
 from rolebus.wal import codec
 from rolebus.wal.events import (
     CommitId,
@@ -26,6 +25,7 @@ from rolebus.wal.records import (
     OutputRecord,
     RejectionRecord,
 )
+from testkit.workload import Workload, WorkloadSpec
 
 CONFIG = FoldConfig(commit_every=5, message_window=4)
 PARTITIONS = 4
@@ -77,13 +77,13 @@ def run_in_batches(
     while i < len(items_of):
         batch = items_of[i : i + rng.randint(1, 40)]
         crash = redeliver and rng.random() < 0.3
-        folder = Folder(table.get, commits, CONFIG)
+        folder = Folder(CONFIG, commits, table.get)
         for item in batch:
             out.extend(folder.apply(item, admit(item)).records)
         if crash:
             continue  # same batch again, from the stored state
         table.update(folder.states)
-        commits.update((cid, c) for cid, (c, _) in folder.commits.items())
+        commits.update(folder.commits)
         i += len(batch)
     return table, commits, out
 
@@ -105,10 +105,10 @@ def test_batch_boundaries_and_redelivery_do_not_change_the_records() -> None:
 def test_redelivered_batch_after_the_state_was_stored_emits_nothing() -> None:
     _, items = workload(300)
     part = items_by_partition(items)[0]
-    folder = Folder(lambda _: None, {}, CONFIG)
+    folder = Folder(CONFIG)
     for item in part:
         folder.apply(item, admit(item))
-    again = Folder(folder.states.get, {}, CONFIG)
+    again = Folder(CONFIG, source=folder.states.get)
     steps = [again.apply(item, admit(item)) for item in part]
     assert {s.outcome for s in steps} <= {"duplicate", "undecodable", "key_mismatch"}
     assert not [r for s in steps for r in s.records if not isinstance(r, RejectionRecord)]
@@ -144,7 +144,7 @@ def test_fork_waits_for_a_commit_cut_on_another_partition() -> None:
     ghost = w._envelope(RoleId("w-ghost"), RoleForked(create.role_id, CommitId("0" * 64), "g"))
     # the fork sits first in partition 0, its source is cut later in partition 1
     log = {0: [_item(fork, 0, 0), _item(ghost, 0, 1)], 1: [_item(create, 1, 0)]}
-    folder = Folder(lambda _: None, {}, CONFIG)
+    folder = Folder(CONFIG)
     assert folder.waits_for(fork) == source.commit_id
     result = fold_log(log, CONFIG)
     kinds = {(r.role_id, type(r).__name__) for r in result.records}

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from rolebus.streams.commits import (
+from rolebus.streams.core.commits import (
     NO_COMMITS,
     ChainLookup,
     Commit,
@@ -21,7 +21,7 @@ from rolebus.streams.commits import (
     is_consistent,
     make_commit,
 )
-from rolebus.streams.state import (
+from rolebus.streams.core.state import (
     Lifecycle,
     RoleState,
     SeqRange,
@@ -30,8 +30,9 @@ from rolebus.streams.state import (
     state_digest,
     subtract_ranges,
 )
-from rolebus.streams.window import EventWindow
+from rolebus.streams.core.window import EventWindow
 from rolebus.wal.events import CommitId, RoleId, TenantId, WalPosition
+from rolebus.wal.snapshot import Snapshot
 
 AT = datetime(2025, 1, 1, 9, 30, 0, 123456, tzinfo=UTC)
 EVENT = uuid.UUID(int=1)
@@ -120,10 +121,8 @@ def test_make_commit_snapshot_invariants() -> None:
     assert commit.parent_id == "11" * 32
     assert commit.seq == 3
     assert commit.label is None
-    assert commit.snapshot.head_commit_id == commit.commit_id
-    assert commit.snapshot.events_since_commit == 0
-    assert commit.snapshot.last_position is None
-    assert len(commit.snapshot.recent_event_ids) == 0
+    assert type(commit.snapshot) is Snapshot  # the logical state, no bookkeeping
+    assert logical_view(commit.snapshot) == logical_view(state)
     assert state_digest(commit.snapshot) == commit.state_digest == state_digest(state)
     assert is_consistent(commit)
 

@@ -11,11 +11,12 @@ import pytest
 
 from rolebus.config import Settings
 from rolebus.errors import ConfigError, FoldError
-from rolebus.streams.commits import CommitKind
-from rolebus.streams.fold import Folding, apply_event, fold
-from rolebus.streams.outcome import Accepted, Duplicate, DuplicateBy, Outcome, Rejected
-from rolebus.streams.rules import EVENT_TRANSITIONS, Reason
-from rolebus.streams.state import FoldConfig, Lifecycle, state_digest
+from rolebus.streams.core.commits import CommitKind
+from rolebus.streams.core.fold import apply_event
+from rolebus.streams.core.log import Folder
+from rolebus.streams.core.outcome import Accepted, Duplicate, DuplicateBy, Outcome, Rejected
+from rolebus.streams.core.rules import EVENT_TRANSITIONS, Reason
+from rolebus.streams.core.state import FoldConfig, Lifecycle, state_digest
 from rolebus.wal.events import (
     Author,
     CommitId,
@@ -38,12 +39,13 @@ from rolebus.wal.events import (
     ToolCall,
     WalPosition,
 )
+from testkit.folding import fold
 
 BASE = datetime(2025, 1, 1, tzinfo=UTC)
 L = Lifecycle
 
 
-class Driver(Folding):
+class Driver(Folder):
     """Sends events one by one through ``apply_event``, keeping states and commits."""
 
     def __init__(self, config: FoldConfig | None = None) -> None:
@@ -65,7 +67,7 @@ class Driver(Folding):
         )
 
     def send(self, role: str, payload: Payload, **kw: object) -> Outcome:
-        return self.apply(self.envelope(role, payload, **kw))  # type: ignore[arg-type]
+        return self.fold(self.envelope(role, payload, **kw))  # type: ignore[arg-type]
 
 
 def accepted(outcome: Outcome) -> Accepted:
@@ -231,9 +233,9 @@ def test_message_window_and_counters() -> None:
 def test_duplicate_by_event_id() -> None:
     driver = role_in(L.ACTIVE)
     envelope = driver.envelope("r-1", MSG)
-    accepted(driver.apply(envelope))
+    accepted(driver.fold(envelope))
     before = driver.states[RoleId("r-1")]
-    outcome = driver.apply(envelope)
+    outcome = driver.fold(envelope)
     assert outcome == Duplicate(envelope.event_id, RoleId("r-1"), DuplicateBy.EVENT_ID)
     assert driver.states[RoleId("r-1")] is before
 
@@ -241,13 +243,13 @@ def test_duplicate_by_event_id() -> None:
 def test_duplicate_by_position() -> None:
     driver = Driver()
     pos = [WalPosition("rolebus.wal", 3, offset) for offset in range(10)]
-    accepted(driver.apply(driver.envelope("r-1", CREATE), pos[4]))
-    accepted(driver.apply(driver.envelope("r-1", RoleActivated()), pos[6]))
+    accepted(driver.fold(driver.envelope("r-1", CREATE), pos[4]))
+    accepted(driver.fold(driver.envelope("r-1", RoleActivated()), pos[6]))
     for old in (pos[5], pos[6]):
-        outcome = driver.apply(driver.envelope("r-1", MSG), old)
+        outcome = driver.fold(driver.envelope("r-1", MSG), old)
         assert isinstance(outcome, Duplicate) and outcome.by is DuplicateBy.POSITION
     other_partition = WalPosition("rolebus.wal", 4, 0)
-    assert accepted(driver.apply(driver.envelope("r-1", MSG), other_partition)).seq == 3
+    assert accepted(driver.fold(driver.envelope("r-1", MSG), other_partition)).seq == 3
     assert driver.states[RoleId("r-1")].last_position == other_partition
 
 
@@ -256,12 +258,12 @@ def test_dedupe_window_is_bounded_and_position_covers_older() -> None:
     payloads: list[Payload] = [CREATE, RoleActivated(), MSG, MSG, MSG, MSG, MSG]
     envelopes = [driver.envelope("r-1", p) for p in payloads]
     for offset, envelope in enumerate(envelopes):
-        accepted(driver.apply(envelope, WalPosition("w", 0, offset)))
+        accepted(driver.fold(envelope, WalPosition("w", 0, offset)))
     window = driver.states[RoleId("r-1")].recent_event_ids
     assert {e.event_id for e in envelopes[-3:]} <= set(window)
     assert len(window) <= 5 and envelopes[0].event_id not in window
     # Forgotten by id, still caught by position.
-    outcome = driver.apply(envelopes[0], WalPosition("w", 0, 0))
+    outcome = driver.fold(envelopes[0], WalPosition("w", 0, 0))
     assert isinstance(outcome, Duplicate) and outcome.by is DuplicateBy.POSITION
 
 
@@ -269,11 +271,11 @@ def test_redelivered_rejection_is_a_duplicate() -> None:
     driver = role_in(L.CREATED)
     before = driver.states[RoleId("r-1")]
     envelope = driver.envelope("r-1", MSG)
-    rejected(driver.apply(envelope), Reason.NOT_ACTIVE)
+    rejected(driver.fold(envelope), Reason.NOT_ACTIVE)
     after = driver.states[RoleId("r-1")]
     assert state_digest(after) == state_digest(before)
     assert replace(after, recent_event_ids=before.recent_event_ids) == before
-    assert isinstance(driver.apply(envelope), Duplicate)
+    assert isinstance(driver.fold(envelope), Duplicate)
 
 
 def test_auto_commit_every_n_accepted_events() -> None:
@@ -301,7 +303,7 @@ def test_fold_helper_matches_apply_event() -> None:
     driver = Driver()
     payloads: list[Payload] = [CREATE, RoleActivated(), MSG, MSG, RoleSuspended(), MSG]
     envelopes = [driver.envelope("r-1", p) for p in payloads]
-    outcomes = [driver.apply(e) for e in envelopes]
+    outcomes = [driver.fold(e) for e in envelopes]
     replayed = fold(envelopes)
     assert replayed.outcomes == tuple(outcomes)
     assert replayed.states == driver.states

@@ -8,11 +8,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from rolebus.streams.commits import Commit, CommitKind
-from rolebus.streams.fold import Folding, fold
-from rolebus.streams.outcome import Accepted, Outcome, Rejected
-from rolebus.streams.rules import Reason
-from rolebus.streams.state import (
+from rolebus.streams.core.commits import Commit, CommitKind
+from rolebus.streams.core.log import Folder
+from rolebus.streams.core.outcome import Accepted, Outcome, Rejected
+from rolebus.streams.core.rules import Reason
+from rolebus.streams.core.serde import state_from_snapshot
+from rolebus.streams.core.state import (
     Counters,
     FoldConfig,
     Lifecycle,
@@ -41,12 +42,13 @@ from rolebus.wal.events import (
     TenantId,
     WalPosition,
 )
+from testkit.folding import fold
 
 BASE = datetime(2025, 1, 1, tzinfo=UTC)
 R1, R2 = RoleId("r-1"), RoleId("r-2")
 
 
-class Driver(Folding):
+class Driver(Folder):
     """Sends events one by one through ``apply_event``, keeping states and commits."""
 
     def __init__(self, config: FoldConfig | None = None) -> None:
@@ -62,7 +64,7 @@ class Driver(Folding):
             BASE + timedelta(seconds=n), "test", payload, seq,
         )  # fmt: skip
         self.envelopes.append(envelope)
-        return self.apply(envelope)
+        return self.fold(envelope)
 
     def head(self, role: RoleId = R1) -> Commit:
         head_id = self.states[role].head_commit_id
@@ -269,7 +271,8 @@ def test_snapshot_plus_tail_equals_genesis() -> None:
     for commit in commits:
         tail = events[cut_at[commit.event_id] + 1 :]
         earlier = {c.commit_id: c for c in commits if c.seq <= commit.seq}
-        replayed = fold(tail, [commit.snapshot], lookup=earlier, config=config)
+        start = state_from_snapshot(commit.snapshot, head_commit_id=commit.commit_id)
+        replayed = fold(tail, [start], lookup=earlier, config=config)
         final = replayed.states[R1]
         assert state_digest(final) == state_digest(genesis.states[R1])
         assert final.head_commit_id == genesis.states[R1].head_commit_id

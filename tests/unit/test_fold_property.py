@@ -11,10 +11,10 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rolebus.streams.commits import Commit, is_consistent
-from rolebus.streams.fold import FoldResult, apply_event, fold
-from rolebus.streams.outcome import Accepted, Outcome
-from rolebus.streams.state import FoldConfig, RoleState, state_digest
+from rolebus.streams.core.commits import Commit, is_consistent
+from rolebus.streams.core.fold import apply_event
+from rolebus.streams.core.outcome import Accepted, Outcome
+from rolebus.streams.core.state import FoldConfig, RoleState, state_digest
 from rolebus.wal.events import (
     Author,
     CommitId,
@@ -35,6 +35,7 @@ from rolebus.wal.events import (
     RolledBack,
     TenantId,
 )
+from testkit.folding import FoldResult, fold
 
 BASE = datetime(2025, 1, 1, tzinfo=UTC)
 ROLES = [RoleId(f"r-{i}") for i in range(4)]

@@ -20,10 +20,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from rolebus.streams.commits import Commit
-from rolebus.streams.fold import Folding, Positioned, fold
-from rolebus.streams.outcome import Accepted, Duplicate, Outcome, Rejected
-from rolebus.streams.state import FoldConfig, RoleState, state_digest
+from rolebus.streams.core.commits import Commit
+from rolebus.streams.core.log import Folder
+from rolebus.streams.core.outcome import Accepted, Duplicate, Outcome, Rejected
+from rolebus.streams.core.state import FoldConfig, RoleState, state_digest
 from rolebus.wal.canonical import plain
 from rolebus.wal.events import (
     PAYLOAD_TYPES,
@@ -48,6 +48,7 @@ from rolebus.wal.events import (
     ToolCall,
     WalPosition,
 )
+from testkit.folding import Positioned, fold
 
 GOLDEN = Path(__file__).parent / "golden"
 EVENTS_FILE, EXPECTED_FILE = GOLDEN / "events.json", GOLDEN / "expected.json"
@@ -184,7 +185,7 @@ class Script:
 
     def __init__(self) -> None:
         self.events: list[Positioned] = []
-        self.folding = Folding(CONFIG)
+        self.folding = Folder(CONFIG)
         self.offsets: dict[int, int] = {}
 
     def add(self, role: str, payload: Payload, **kw: Any) -> None:
@@ -205,7 +206,7 @@ class Script:
 
     def push(self, envelope: Envelope, position: WalPosition | None) -> None:
         self.events.append((envelope, position))
-        self.folding.apply(envelope, position)
+        self.folding.fold(envelope, position)
 
     def head(self, role: str) -> CommitId:
         head = self.folding.states[RoleId(role)].head_commit_id

@@ -7,9 +7,7 @@ from typing import Any
 from rolebus.projectors.views import (
     FieldChange,
     diff_snapshots,
-    merge_ranges,
     snapshot_view,
-    subtract_ranges,
 )
 
 
@@ -31,13 +29,6 @@ def _snap(**over: Any) -> dict[str, Any]:
     }  # fmt: skip
     doc.update(over)
     return doc
-
-
-def test_ranges_merge_and_subtract() -> None:
-    assert merge_ranges([(5, 7), (1, 2), (3, 3), (9, 8)]) == ((1, 3), (5, 7))
-    assert subtract_ranges(((1, 10),), ((3, 4), (8, 12))) == ((1, 2), (5, 7))
-    assert subtract_ranges(((1, 3),), ()) == ((1, 3),)
-    assert subtract_ranges(((1, 3),), ((1, 3),)) == ()
 
 
 def test_snapshot_view_reads_lineage_as_live_ranges() -> None:

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from rolebus.wal import records
-from rolebus.wal.events import WalPosition
+from rolebus.wal.events import RoleId, TenantId, WalPosition
 from rolebus.wal.records import (
     ChangeRecord,
     CommitRecord,
@@ -16,6 +16,7 @@ from rolebus.wal.records import (
     RejectionRecord,
     SeqRanges,
 )
+from rolebus.wal.snapshot import Lifecycle, Snapshot
 
 POS = WalPosition("p.wal", 3, 1234)
 
@@ -44,7 +45,9 @@ COMMIT = CommitRecord(
     label=None,
     event_id="1b4e28ba-2fa1-41d2-883f-0016d3cca427",
     position=None,
-    snapshot={"role_id": "r-1", "traits": {"b": "2", "a": "1"}, "messages": []},
+    snapshot=Snapshot(
+        RoleId("r-1"), TenantId("acme"), Lifecycle.CREATED, "Nova", "p", {"a": "1", "b": "2"}
+    ),
 )
 REJECTION = RejectionRecord(POS, records.UNDECODABLE, "garbage", b"\x00\xff")
 REFUSAL = RejectionRecord(

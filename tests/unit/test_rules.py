@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from rolebus.streams.rules import (
+from rolebus.streams.core.rules import (
     ALLOWED_TRANSITIONS,
     EDITABLE,
     EVENT_TRANSITIONS,
@@ -20,7 +20,7 @@ from rolebus.streams.rules import (
     check_transition,
     lifecycle_target,
 )
-from rolebus.streams.state import Lifecycle
+from rolebus.streams.core.state import Lifecycle
 from rolebus.wal.events import (
     RoleActivated,
     RoleArchived,

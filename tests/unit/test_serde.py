@@ -9,14 +9,14 @@ from datetime import UTC, datetime
 
 import pytest
 
-from rolebus.streams import serde
-from rolebus.streams.state import FoldConfig, RoleState, logical_view, state_digest
-from rolebus.streams.window import EventWindow
-from rolebus.streams.workload import Workload, WorkloadSpec
+from rolebus.streams.core import serde
+from rolebus.streams.core.state import FoldConfig, RoleState, logical_view, state_digest
+from rolebus.streams.core.window import EventWindow
 from rolebus.wal import records
 from rolebus.wal.canonical import canonical_bytes, plain, sha256_hex
 from rolebus.wal.events import WalPosition
 from rolebus.wal.records import RecordError
+from testkit.workload import Workload, WorkloadSpec
 
 CONFIG = FoldConfig(commit_every=5, message_window=4, dedupe_window=16)
 
@@ -77,7 +77,7 @@ def _doc(state: RoleState) -> dict[str, object]:
 @pytest.mark.parametrize(
     ("mutate", "match"),
     [
-        (lambda d: d.update(v=9), "expected v=2"),
+        (lambda d: d.update(v=9), "expected v=3"),
         (lambda d: d.pop("logical"), "malformed"),
         (lambda d: d["logical"].update(lifecycle="zombie"), "malformed"),
         (lambda d: d.update(recent_event_ids=["AAA="]), "16-byte ids|malformed"),
@@ -95,7 +95,7 @@ def test_malformed_state_raises_record_error(folded: Workload, mutate: object, m
 def test_garbage_state_bytes() -> None:
     with pytest.raises(RecordError, match="not UTF-8 JSON"):
         serde.decode_state(b"\xff")
-    with pytest.raises(RecordError, match="expected v=2"):
+    with pytest.raises(RecordError, match="expected v=3"):
         serde.decode_state(b"[]")
 
 

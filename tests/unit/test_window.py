@@ -7,7 +7,7 @@ import uuid
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rolebus.streams.window import MAX_CHUNK, EventWindow, chunk_for
+from rolebus.streams.core.window import MAX_CHUNK, EventWindow, chunk_for
 
 
 def _ids(n: int) -> list[uuid.UUID]:

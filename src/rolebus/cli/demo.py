@@ -2,17 +2,23 @@
 
 Brings the stack up (idempotent), ensures the topics, writes a short support-
 agent story through the producer SDK (including refused input, which never
-reaches the log) and reads the WAL back decoded.
+reaches the log) and reads the WAL back decoded. A stream worker, run in this
+process, folds it; the demo rolls the role back past a hallucinated answer
+and prints the commit history.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from aiokafka import AIOKafkaConsumer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -23,11 +29,13 @@ from rolebus.config import Settings
 from rolebus.endpoints import Endpoints
 from rolebus.errors import StackError, ValidationError
 from rolebus.stack.launcher import LocalStack
-from rolebus.streams.harness import OutputReader, WorkerProcess
+from rolebus.streams.runtime.options import WorkerOptions
+from rolebus.streams.runtime.process import open_worker, prepare
 from rolebus.wal import reader, topics
 from rolebus.wal.canonical import plain
 from rolebus.wal.client import RoleClient, Sent
-from rolebus.wal.records import ChangeRecord, CommitRecord
+from rolebus.wal.records import ChangeRecord, CommitRecord, OutputRecord
+from rolebus.wal.records import decode as decode_output
 
 TENANT = "demo"
 FOLD_TIMEOUT_S = 120.0
@@ -60,8 +68,7 @@ async def _story(client: RoleClient) -> list[Sent]:
 
 async def _run(settings: Settings) -> tuple[list[reader.WalRecord], list[CommitRecord]]:
     ends = endpoints.resolve(settings)
-    for report in await topics.ensure(settings, ends):
-        progress(f"topic {report.name}: {report.action}")
+    options = await prepare(settings, ends, WorkerOptions())
     async with RoleClient(settings, TENANT, producer="rolebus-demo", endpoints=ends) as client:
         sent = await _story(client)
         role = sent[0].role_id
@@ -69,56 +76,73 @@ async def _run(settings: Settings) -> tuple[list[reader.WalRecord], list[CommitR
         wal = topics.topic_name(settings, "wal")
         records = reader.tail(settings, ends, wal, from_beginning=True, follow=False, role_id=role)
         events = [rec async for rec in records]
-        worker = WorkerProcess(
-            settings, ends, settings.app_id, Path(settings.data_dir) / "demo-worker.log"
-        )
-        progress(f"starting a stream worker (group {settings.app_id}; log {worker.log_path})")
-        worker.start()
-        try:
-            commits = await _fold_and_roll_back(settings, ends, client, worker, role, len(sent))
-        finally:
-            worker.stop()
+        log_path = Path(settings.data_dir) / "demo-worker.log"
+        progress(f"starting a stream worker (group {settings.app_id}; log {log_path})")
+        with _worker_log(log_path):
+            async with open_worker(settings, ends, options) as worker:
+                stop = asyncio.Event()
+                running = asyncio.create_task(worker.run(stop))
+                try:
+                    commits = await _fold_and_roll_back(settings, ends, client, role, len(sent))
+                finally:
+                    stop.set()
+                    await running
     return events, commits
 
 
-async def _fold_and_roll_back(
-    settings: Settings, ends: Endpoints, client: RoleClient, worker: WorkerProcess, role: str,
-    sent: int,
-) -> list[CommitRecord]:  # fmt: skip
-    """Wait for the fold, roll back before the hallucinated answer, wait again; the commits."""
-    # One reader for both waits: each would otherwise re-read every output topic.
-    outputs = await OutputReader(settings, ends).start()
+@contextmanager
+def _worker_log(path: Path) -> Iterator[None]:
+    """The in-process worker's progress lines go to a file, not over the demo's output."""
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logger = logging.getLogger("rolebus.streams")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
     try:
-        commits = await _folded(outputs, worker, role, sent)
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = True
+        handler.close()
+
+
+async def _fold_and_roll_back(
+    settings: Settings, ends: Endpoints, client: RoleClient, role: str, sent: int
+) -> list[CommitRecord]:
+    """Wait for the fold, roll back before the hallucinated answer, wait again; the commits."""
+    names = [topics.topic_name(settings, kind) for kind in ("changes", "commits")]
+    async with reader.open_consumer(settings, ends, "rolebus-demo") as consumer:
+        await reader.assign_from_beginning(consumer, names, wait_s=5.0)
+        seen: list[OutputRecord] = []
+        commits = await _folded(consumer, seen, role, sent)
         before = next(c for c in commits if c.kind == "lifecycle")  # cut by activation
         target = f"{before.commit_id[:12]} (seq {before.seq})"
         progress(f"rolling back to {target}, before the hallucinated answer")
         await client.rollback(role, before.commit_id, reason="hallucinated answer")
-        return await _folded(outputs, worker, role, sent + 1)
-    finally:
-        await outputs.stop()
+        return await _folded(consumer, seen, role, sent + 1)
 
 
 async def _folded(
-    outputs: OutputReader, worker: WorkerProcess, role: str, events: int
+    consumer: AIOKafkaConsumer, seen: list[OutputRecord], role: str, events: int
 ) -> list[CommitRecord]:
-    """Wait until the worker accepted ``events`` events of ``role``; its commits."""
+    """Read outputs until the worker accepted ``events`` events of ``role``; its commits."""
     deadline = time.monotonic() + FOLD_TIMEOUT_S
     while True:
-        await outputs.poll()
-        mine = [r for r in (o.record for o in outputs.seen) if r.role_id == role]
+        for recs in (await consumer.getmany(timeout_ms=200)).values():
+            seen.extend(decode_output(rec.value or b"") for rec in recs)
+        mine = [r for r in seen if r.role_id == role]
         changes = {r.event_id: r for r in mine if isinstance(r, ChangeRecord)}
         if len(changes) >= events:
             head = max(changes.values(), key=lambda c: c.seq)
             progress(f"folded: seq {head.seq}, head commit {(head.head_commit_id or '')[:12]}")
             commits = {r.commit_id: r for r in mine if isinstance(r, CommitRecord)}
             return sorted(commits.values(), key=lambda c: c.seq)
-        if time.monotonic() > deadline or (worker.proc and worker.proc.poll() is not None):
+        if time.monotonic() > deadline:
             raise StackError(
                 f"the stream worker folded {len(changes)} of {events} events of role {role} "
-                f"in {FOLD_TIMEOUT_S:.0f}s; its log ends:\n{worker.log_text()[-2000:]}"
+                f"in {FOLD_TIMEOUT_S:.0f}s (see its log in the data folder, demo-worker.log)"
             )
-        await asyncio.sleep(0.2)
 
 
 def _brief(payload: dict[str, object]) -> str:

@@ -32,7 +32,7 @@ from rolebus.errors import StoreError
 from rolebus.projectors import queries
 from rolebus.projectors.db import connect
 from rolebus.projectors.views import CommitDiff, LogEntry, RoleView, SeqRanges
-from rolebus.streams.state import Lifecycle
+from rolebus.wal.snapshot import Lifecycle
 
 T = TypeVar("T")
 console = Console(highlight=False, soft_wrap=False)

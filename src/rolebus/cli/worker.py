@@ -9,39 +9,45 @@ import typer
 
 from rolebus import endpoints
 from rolebus.cli.common import state
+from rolebus.streams.runtime.options import WorkerOptions
+from rolebus.streams.runtime.process import run_worker
 
 
 def worker(
     ctx: typer.Context,
     app_id: Annotated[
-        str | None, typer.Option("--app-id", help="Consumer group / faust app id (ROLEBUS_APP_ID)")
+        str | None, typer.Option("--app-id", help="Consumer group of the workers (ROLEBUS_APP_ID)")
     ] = None,
-    web_port: Annotated[
-        int | None, typer.Option("--web-port", help="faust web server on 127.0.0.1 (default: off)")
-    ] = None,
-    batch_size: Annotated[int, typer.Option(min=1, help="Most records folded per batch")] = 1000,
+    batch_size: Annotated[
+        int, typer.Option(min=1, help="Most WAL records folded per batch")
+    ] = WorkerOptions.batch_max,
     batch_wait: Annotated[
-        float, typer.Option(min=0.001, help="Seconds to wait for a batch to fill")
-    ] = 0.05,
+        float,
+        typer.Option(
+            min=0.001, help="Seconds an idle worker waits for records (never when some are there)"
+        ),
+    ] = WorkerOptions.batch_wait_s,
     fork_wait: Annotated[
         float, typer.Option(min=0.0, help="Seconds a fork waits for its source commit")
-    ] = 60.0,
+    ] = WorkerOptions.fork_wait_s,
     session_timeout: Annotated[
         float, typer.Option(min=1.0, help="Seconds before a silent worker is replaced")
-    ] = 10.0,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="faust's own INFO logs")] = False,
+    ] = WorkerOptions.session_timeout_s,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Debug logs, and aiokafka's own INFO logs")
+    ] = False,
 ) -> None:
-    """Fold the WAL into changes, commits and rejections until SIGTERM/SIGINT."""
-    # Imported here: faust is heavy and only this command needs it.
-    from rolebus.streams.app import WorkerOptions
-    from rolebus.streams.worker import run_worker
+    """Fold the WAL into changes, commits and rejections until SIGTERM/SIGINT.
 
+    Workers with the same app id form one consumer group and share the WAL's
+    partitions; each keeps its partitions' role states in memory, stores them
+    in the `<app id>-state-changelog` topic and restores them from there after
+    a restart or a rebalance."""
     settings = state(ctx).settings(app_id=app_id)
     options = WorkerOptions(
-        batch_size=batch_size,
+        batch_max=batch_size,
         batch_wait_s=batch_wait,
         fork_wait_s=fork_wait,
-        web_port=web_port,
         session_timeout_s=session_timeout,
     )
     run_worker(settings, endpoints.resolve(settings), options, verbose=verbose)

@@ -1,0 +1,59 @@
+"""A progress bar for long commands: events, events/s and ETA on stderr.
+
+Implements ``rolebus.wal.export.Progress`` (a total first, then increments);
+rich hides it when stderr is not a terminal, so scripts see only the summary.
+"""
+
+from __future__ import annotations
+
+from types import TracebackType
+
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
+
+from rolebus.cli.common import err_console
+
+
+class _Rate(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text("" if speed is None else f"{speed:,.0f} events/s", style="progress.data.speed")
+
+
+class EventProgress:
+    """``with EventProgress("exporting") as bar: run(progress=bar)``."""
+
+    def __init__(self, label: str) -> None:
+        self._bar = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _Rate(),
+            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+            console=err_console, transient=True,
+        )  # fmt: skip
+        self._label = label
+        self._task: TaskID | None = None
+
+    def __enter__(self) -> EventProgress:
+        self._bar.start()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._bar.stop()
+
+    def start(self, total: int) -> None:
+        self._task = self._bar.add_task(self._label, total=total)
+
+    def advance(self, count: int) -> None:
+        if self._task is not None:
+            self._bar.advance(self._task, count)

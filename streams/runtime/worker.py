@@ -1,0 +1,464 @@
+"""The stream worker: a plain aiokafka consumer-group batch loop around the fold.
+
+Workers of one app id form one consumer group on the WAL; the group is the
+distributed engine, the worker a thin loop. Per batch (``getmany``, at most
+``batch_max`` records; the wait applies only when nothing is fetched yet):
+
+1. decode every record; read back the commits its rollbacks and forks name
+   (``commitstore``);
+2. fold the partitions in turn with one ``Folder`` (``core.log``): a fork
+   whose source commit nobody can see yet holds its partition back (paused,
+   read again from the fork) for up to ``fork_wait_s``, then folds as is
+   (refused: unknown commit) — the same semantics as ``fold_log``;
+3. send every output record (changes, commits, rejections) in batches, to
+   the partition number of its WAL record, and wait for delivery;
+4. write the changed role states and the new commits' index entries to the
+   state changelog and wait for delivery;
+5. commit the consumer offsets, last; then keep the new states in memory.
+
+So a stored state never remembers an event whose outputs are not out, and a
+committed offset never runs ahead of the stored states: after a crash a
+re-fold emits identical records (at-least-once, identical content) or, for
+events the stored states already applied (position check), nothing.
+
+Rebalances (``ConsumerRebalanceListener``): on revoke the batch in flight
+finishes under the lock (it stores and commits its own work); on assign the
+new partitions are paused, and before the next batch the worker restores
+them from their changelog partitions — a partition it already held is kept
+in memory when nobody committed past this worker's own last commit — then
+resumes them from the committed offset. A batch fetched under an older
+assignment is dropped, never folded.
+
+Invariants: one batch at a time (``_lock``); memory changes only after the
+batch's offsets are committed or the worker stops; an error stops the worker
+(non-zero exit), it never skips a record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka import TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.structs import ConsumerRecord
+from opentelemetry import trace
+
+from rolebus.errors import TransportError
+from rolebus.streams.core.commits import ChainLookup
+from rolebus.streams.core.log import Cursor, Folder, WalItem, advance_all, blocked_forks
+from rolebus.streams.core.state import FoldConfig, RoleState
+from rolebus.streams.runtime import changelog
+from rolebus.streams.runtime.changelog import PartitionState, Restored
+from rolebus.streams.runtime.commitstore import CommitStore
+from rolebus.streams.runtime.options import WorkerOptions
+from rolebus.streams.runtime.spans import links_of, start_batch_span
+from rolebus.tracing import trace_headers
+from rolebus.wal import records
+from rolebus.wal.events import CommitId, Envelope, RoleForked, RoleId, RolledBack, WalPosition
+from rolebus.wal.records import CommitRecord, OutputRecord, RejectionRecord
+
+log = logging.getLogger("rolebus.streams.worker")
+Headers = list[tuple[str, bytes]]
+Restorer = Callable[[list[int]], Awaitable[Restored]]
+INF = float("inf")
+FORK_RECHECK_S = 0.1
+"""A partition held back by a fork is read again this often."""
+
+
+@dataclass(frozen=True)
+class Topics:
+    wal: str
+    changes: str
+    commits: str
+    rejections: str
+    changelog: str
+
+    def of(self, rec: OutputRecord) -> str:
+        if isinstance(rec, CommitRecord):
+            return self.commits
+        if isinstance(rec, RejectionRecord):
+            return self.rejections
+        return self.changes
+
+
+@dataclass
+class Stats:
+    """Counters since the worker started (the progress lines)."""
+
+    events: int = 0
+    batches: int = 0
+    outcomes: dict[str, int] = field(default_factory=dict)
+    restores: int = 0
+    restored_records: int = 0
+    fork_waits: int = 0
+    dropped_batches: int = 0
+    started: float = field(default_factory=time.monotonic)
+    reported_events: int = 0
+    reported_at: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class _Held:
+    """A partition held back by a fork waiting for its source commit."""
+
+    offset: int
+    commit_id: str
+    since: float
+    resume_at: float
+
+
+class Worker:
+    """One stream processor of the app's consumer group (module docstring)."""
+
+    def __init__(
+        self, *, app_id: str, topics: Topics, config: FoldConfig, options: WorkerOptions,
+        consumer: Any, producer: Any, restorer: Restorer, commits: CommitStore,
+    ) -> None:  # fmt: skip
+        self.app_id, self.topics, self.config, self.options = app_id, topics, config, options
+        self.consumer, self.producer, self.restorer, self.commits = (
+            consumer,
+            producer,
+            restorer,
+            commits,
+        )
+        self.memory: dict[int, PartitionState] = {}
+        self.stats = Stats()
+        self.tracer = trace.get_tracer("rolebus.streams")
+        self._lock = asyncio.Lock()
+        self._epoch = 0
+        self._assigned: set[int] | None = None
+        self._held: dict[int, _Held] = {}
+        self._app_header = (records.APP_HEADER, app_id.encode())
+        self.ready = asyncio.Event()
+
+    # --- the loop -----------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Fold until ``stop`` is set; the batch in flight finishes first."""
+        self.consumer.subscribe([self.topics.wal], listener=_Listener(self))
+        wait_ms = int(self.options.batch_wait_s * 1000)
+        while not stop.is_set():
+            if self._assigned is not None:
+                await self._sync_assignment()
+            self._resume_held()
+            epoch = self._epoch
+            batch = await self.consumer.getmany(
+                timeout_ms=wait_ms, max_records=self.options.batch_max
+            )
+            if batch:
+                async with self._lock:
+                    if epoch != self._epoch or self._assigned is not None:
+                        self.stats.dropped_batches += 1  # fetched before a rebalance
+                        continue
+                    await self.process(batch)
+            self.report()
+
+    async def on_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        """Wait for the batch in flight: it stores and commits its own work."""
+        async with self._lock:
+            self._epoch += 1
+        log.info("rebalance: partitions %s revoked", sorted(tp.partition for tp in revoked))
+
+    def on_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        """Pause the new assignment until ``_sync_assignment`` restored it."""
+        tps = [tp for tp in assigned if tp.topic == self.topics.wal]
+        self._epoch += 1
+        self._assigned = {tp.partition for tp in tps}
+        self._held.clear()
+        if tps:
+            self.consumer.pause(*tps)
+
+    async def _sync_assignment(self) -> None:
+        async with self._lock:
+            assigned, self._assigned = self._assigned or set(), None
+            for p in [p for p in self.memory if p not in assigned]:
+                del self.memory[p]
+                self.commits.forget_partition(p)
+            committed = {p: await self._committed(p) for p in sorted(assigned)}
+            stale = [p for p in sorted(assigned) if self._stale(p, committed[p])]
+            await self._restore(stale, committed)
+            tps = [TopicPartition(self.topics.wal, p) for p in sorted(assigned)]
+            if tps:
+                self.consumer.resume(*tps)
+        self.ready.set()
+
+    def _stale(self, partition: int, committed: int | None) -> bool:
+        """True unless memory holds this partition as of the committed offset."""
+        mine = self.memory.get(partition)
+        return mine is None or mine.committed != committed
+
+    async def _committed(self, partition: int) -> int | None:
+        found = await self.consumer.committed(TopicPartition(self.topics.wal, partition))
+        return None if found is None else int(found)
+
+    async def _restore(self, partitions: list[int], committed: Mapping[int, int | None]) -> None:
+        restored = await self.restorer(partitions)
+        for p, state in restored.partitions.items():
+            state.committed = committed[p]
+            self.memory[p] = state
+            self.commits.index.update({cid: (p, off) for cid, off in state.index.items()})
+        self.stats.restores += 1
+        self.stats.restored_records += restored.records
+        log.info(
+            "ready: partitions %s (restored %s: %d roles, %d commits indexed, %d changelog "
+            "records in %.1fs)", sorted(self.memory), partitions,
+            sum(self.memory[p].roles for p in partitions),
+            sum(len(self.memory[p].index) for p in partitions), restored.records, restored.seconds,
+        )  # fmt: skip
+
+    # --- one batch ----------------------------------------------------------------
+
+    async def process(
+        self, batch: Mapping[TopicPartition, Sequence[ConsumerRecord[bytes, bytes]]]
+    ) -> None:
+        """Fold, deliver, store and commit one batch (the caller holds the lock)."""
+        cursors = {
+            tp.partition: Cursor([_item(r) for r in recs]) for tp, recs in sorted(batch.items())
+        }
+        span = start_batch_span(
+            self.tracer, self.topics.wal, self.app_id, sum(len(c.items) for c in cursors.values()),
+            links_of(r.headers for recs in batch.values() for r in recs),
+        )  # fmt: skip
+        with trace.use_span(span, end_on_exit=True):
+            folder, outputs = await self._fold(cursors)
+            headers = [self._app_header, *trace_headers()]
+            offsets = await self._deliver(outputs, headers)
+            await self._store(folder, offsets)
+            await self._commit(cursors)
+        self._remember(folder, offsets, cursors)
+
+    async def _fold(self, cursors: dict[int, Cursor]) -> tuple[Folder, list[OutputRecord]]:
+        await self.commits.load(_named_commits(cursors))
+        folder = Folder(self.config, ChainLookup(self.commits), self._state_of)
+        outputs: list[OutputRecord] = []
+        while True:
+            advance_all(folder, cursors, outputs)
+            blocked = blocked_forks(folder, cursors)
+            if not blocked or not await self._wait_for_sources(folder, cursors, blocked, outputs):
+                return folder, outputs
+
+    async def _wait_for_sources(
+        self, folder: Folder, cursors: dict[int, Cursor], blocked: dict[int, Any],
+        outputs: list[OutputRecord],
+    ) -> bool:  # fmt: skip
+        """Fetch blocked fork sources; release forks that waited too long; hold the
+        rest back. True when something can fold now."""
+        self.commits.tail()  # fork sources may come from other workers' partitions
+        if await self.commits.load(blocked.values()):
+            return True
+        now, moved = time.monotonic(), False
+        for p, commit_id in blocked.items():
+            cursor = cursors[p]
+            offset = cursor.items[cursor.next].position.offset
+            held = self._held.get(p)
+            if held is None or held.offset != offset:
+                self.stats.fork_waits += 1
+                log.info(
+                    "partition %d: fork at offset %d waits for source commit %s",
+                    p,
+                    offset,
+                    commit_id,
+                )
+                held = self._held[p] = _Held(offset, commit_id, now, now)
+            if now - held.since >= self.options.fork_wait_s:
+                log.warning(
+                    "partition %d: fork source %s not visible after %.0fs (fork_wait_s); folding "
+                    "the fork now, it is refused as an unknown commit", p, commit_id,
+                    self.options.fork_wait_s,
+                )  # fmt: skip
+                cursor.release(folder, outputs)
+                del self._held[p]
+                moved = True
+            else:
+                cursor.items = cursor.items[: cursor.next]  # the rest is read again later
+                held.resume_at = now + FORK_RECHECK_S
+        return moved
+
+    def _state_of(self, role_id: RoleId) -> RoleState | None:
+        for partition in self.memory.values():
+            found = partition.state(role_id)
+            if found is not None:
+                return found
+        return None
+
+    async def _deliver(
+        self, outputs: list[OutputRecord], headers: Headers
+    ) -> dict[str, tuple[int, int]]:
+        """Send the outputs and wait; the commits topic offset of each commit record."""
+        entries: dict[tuple[str, int], list[tuple[bytes | None, bytes, Headers]]] = {}
+        commit_ids: dict[tuple[str, int], list[str | None]] = {}
+        for rec in outputs:
+            where = (self.topics.of(rec), _partition_of(rec))
+            extra = headers
+            if isinstance(rec, CommitRecord):
+                extra = [*headers, (records.COMMIT_ID_HEADER, rec.commit_id.encode())]
+            entries.setdefault(where, []).append(
+                (records.record_key(rec), records.encode(rec), extra)
+            )
+            commit_ids.setdefault(where, []).append(
+                rec.commit_id if isinstance(rec, CommitRecord) else None
+            )
+        bases = await send_batches(self.producer, entries)
+        offsets = {}
+        for where, ids in commit_ids.items():
+            for cid, offset in zip(ids, bases[where], strict=True):
+                if cid is not None:
+                    offsets[cid] = (where[1], offset)
+        return offsets
+
+    async def _store(self, folder: Folder, offsets: Mapping[str, tuple[int, int]]) -> None:
+        entries: dict[tuple[str, int], list[tuple[bytes | None, bytes, Headers]]] = {}
+        for state in folder.states.values():
+            key, value = changelog.role_entry(state)
+            entries.setdefault((self.topics.changelog, _home(state)), []).append((key, value, []))
+        for cid, (p, offset) in offsets.items():
+            key, value = changelog.commit_entry(cid, offset)
+            entries.setdefault((self.topics.changelog, p), []).append((key, value, []))
+        await send_batches(self.producer, entries)
+
+    async def _commit(self, cursors: Mapping[int, Cursor]) -> None:
+        done = {p: c.items[c.next - 1].position.offset + 1 for p, c in cursors.items() if c.next}
+        for p, held in self._held.items():
+            if p in cursors and held.resume_at != INF:  # held back by this batch
+                tp = TopicPartition(self.topics.wal, p)
+                self.consumer.seek(tp, held.offset)
+                self.consumer.pause(tp)
+        if not done:
+            return
+        try:
+            await self.consumer.commit(
+                {TopicPartition(self.topics.wal, p): o for p, o in done.items()}
+            )
+        except (CommitFailedError, IllegalStateError) as exc:
+            # A rebalance took the partitions; what was stored stays valid (the next
+            # owner skips it by position), but memory no longer matches the group.
+            log.warning(
+                "offset commit refused (%s): the new owner resumes from the stored state", exc
+            )
+            return
+        for p, offset in done.items():
+            if p in self.memory:
+                self.memory[p].committed = offset
+
+    def _remember(
+        self, folder: Folder, offsets: Mapping[str, tuple[int, int]], cursors: Mapping[int, Cursor]
+    ) -> None:
+        for state in folder.states.values():
+            home = self.memory.get(_home(state))
+            if home is not None:
+                home.states[state.role_id] = state
+                home.raw.pop(state.role_id, None)
+        for cid, (p, offset) in offsets.items():
+            self.commits.remember(folder.commits[CommitId(cid)], p, offset)
+            if p in self.memory:
+                self.memory[p].index[cid] = offset
+        self.stats.batches += 1
+        self.stats.events += sum(c.next for c in cursors.values())
+
+    def _resume_held(self) -> None:
+        now = time.monotonic()
+        due = [p for p, held in self._held.items() if held.resume_at <= now]
+        if due:
+            self.consumer.resume(*(TopicPartition(self.topics.wal, p) for p in due))
+            for p in due:
+                self._held[p].resume_at = INF
+
+    # --- progress ----------------------------------------------------------------
+
+    def report(self, *, force: bool = False) -> None:
+        s, now = self.stats, time.monotonic()
+        if not force and (
+            now - s.reported_at < self.options.progress_every_s or s.events == s.reported_events
+        ):
+            return
+        rate = (s.events - s.reported_events) / max(now - s.reported_at, 1e-6)
+        log.info(
+            "folded %d records in %d batches (%.0f/s now); %d roles in memory, %d commits indexed, "
+            "%d read back; fork waits %d, dropped batches %d", s.events, s.batches, rate,
+            sum(m.roles for m in self.memory.values()), len(self.commits.index),
+            self.commits.fetches, s.fork_waits, s.dropped_batches,
+        )  # fmt: skip
+        s.reported_events, s.reported_at = s.events, now
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        await self.worker.on_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        self.worker.on_assigned(assigned)
+
+
+async def send_batches(
+    producer: Any, entries: Mapping[tuple[str, int], Sequence[tuple[bytes | None, bytes, Headers]]]
+) -> dict[tuple[str, int], list[int]]:
+    """Send each (topic, partition)'s records in as few producer batches as fit,
+    all at once, and wait for every delivery; the offset of every record."""
+    sent: list[tuple[tuple[str, int], int, Any]] = []
+    for (topic, partition), recs in entries.items():
+        batch, count = producer.create_batch(), 0
+        for key, value, headers in recs:
+            if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
+                sent.append(
+                    ((topic, partition), count, await _submit(producer, batch, topic, partition))
+                )
+                batch, count = producer.create_batch(), 0
+                batch.append(key=key, value=value, timestamp=None, headers=headers)
+            count += 1
+        sent.append(((topic, partition), count, await _submit(producer, batch, topic, partition)))
+    try:
+        metas = await asyncio.gather(*(future for _, _, future in sent))
+    except KafkaError as exc:
+        raise TransportError(f"delivering a batch failed: {exc}", retriable=exc.retriable) from exc
+    out: dict[tuple[str, int], list[int]] = {}
+    for (where, count, _), meta in zip(sent, metas, strict=True):
+        out.setdefault(where, []).extend(range(meta.offset, meta.offset + count))
+    return out
+
+
+async def _submit(producer: Any, batch: Any, topic: str, partition: int) -> Any:
+    batch.close()  # nothing else may join it: record i lands at base offset + i
+    try:
+        return await producer.send_batch(batch, topic, partition=partition)
+    except KafkaError as exc:
+        raise TransportError(
+            f"sending to {topic}[{partition}] failed: {exc}", retriable=exc.retriable
+        ) from exc
+
+
+def _item(rec: ConsumerRecord[bytes, bytes]) -> WalItem:
+    return WalItem(WalPosition(rec.topic, rec.partition, rec.offset), rec.key, rec.value or b"")
+
+
+def _partition_of(rec: OutputRecord) -> int:
+    position = rec.position
+    assert position is not None  # the worker always passes the WAL position
+    return position.partition
+
+
+def _home(state: RoleState) -> int:
+    position = state.last_position
+    assert position is not None  # a state the worker changed has a WAL position
+    return position.partition
+
+
+def _named_commits(cursors: Mapping[int, Cursor]) -> set[str]:
+    """The commits the batch's rollbacks and forks name."""
+    named: set[str] = set()
+    for cursor in cursors.values():
+        for admitted in cursor.pending():
+            payload = admitted.payload if isinstance(admitted, Envelope) else None
+            if isinstance(payload, RolledBack):
+                named.add(payload.to_commit_id)
+            elif isinstance(payload, RoleForked):
+                named.add(payload.source_commit_id)
+    return named
