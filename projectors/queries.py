@@ -2,8 +2,9 @@
 committed states, diffs, rejections and the prompt context (``rolebus role
 show|list``, ``log``, ``show``, ``diff``, ``rejections``, ``context``).
 ``context`` and ``recall`` read a role's messages only through
-``visible_messages`` / ``rolebus.projectors.recall`` (migration 010), the one
-definition of what a role sees after rollbacks and forks.
+``recent_visible_messages`` and ``rolebus.projectors.recall`` (migration 010,
+``role_lineage``: the one definition of what a role sees after rollbacks and
+forks).
 
 A thin SQL shell: each function runs one or two statements and turns rows
 into the frozen views of ``rolebus.projectors.views``, where the logic is.
@@ -222,10 +223,13 @@ DEFAULT_MAX_TOKENS: Final = 2000
 DEFAULT_RECALL_K: Final = 5
 
 _RECENT = (
-    "WITH lineage AS (SELECT role_id, depth FROM role_lineage(%(tenant)s, %(role)s))"
-    " SELECT v.role_id, v.seq, v.author, v.content, l.depth"
-    " FROM visible_messages(%(tenant)s, %(role)s) v"
-    " JOIN lineage l ON l.role_id = v.role_id ORDER BY l.depth, v.seq DESC LIMIT %(limit)s"
+    # The newest visible messages, newest first, each with its depth on the fork
+    # chain (for conversation order); recent_visible_messages stops each level's
+    # index scan at what is still wanted.
+    "SELECT v.role_id, v.seq, v.author, v.content, l.depth"
+    " FROM recent_visible_messages(%(tenant)s, %(role)s, %(limit)s) WITH ORDINALITY v"
+    " JOIN role_lineage(%(tenant)s, %(role)s) l ON l.role_id = v.role_id"
+    " ORDER BY v.ordinality"
 )
 
 
