@@ -10,9 +10,9 @@ A thin SQL shell: each function runs one or two statements and turns rows
 into the frozen views of ``rolebus.projectors.views``, where the logic is.
 
 Invariants: every function takes the tenant and every statement filters on
-it, so nothing crosses tenants (the same role id in two tenants is two
-roles); an unknown role or commit raises ``UnknownRoleError`` /
-``UnknownCommitError`` naming it; connections come from
+it, so nothing crosses tenants (the store keys roles by tenant and id; the
+log itself refuses a role id reused by another tenant); an unknown role or
+commit raises ``UnknownRoleError`` / ``UnknownCommitError`` naming it; connections come from
 ``rolebus.projectors.db.connect`` (search_path = the store schema).
 """
 
