@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from rolebus.cli import dashboard, db, demo, project, role, stack, topics, wal, worker
+from rolebus.cli import dashboard, db, demo, project, reads, role, stack, topics, wal, worker
 from rolebus.cli.common import State
 from rolebus.errors import ConfigError, RolebusError
 
@@ -34,6 +34,12 @@ app.command()(demo.demo)
 app.command()(worker.worker)
 app.command()(project.project)
 app.command()(dashboard.dashboard)
+app.command()(reads.log)
+app.command()(reads.show)
+app.command()(reads.diff)
+app.command()(reads.rejections)
+app.command()(reads.recall)
+app.command()(reads.context)
 
 
 @app.callback()
