@@ -4,7 +4,9 @@ Brings the stack up (idempotent), ensures the topics, writes a short support-
 agent story through the producer SDK (including refused input, which never
 reaches the log) and reads the WAL back decoded. A stream worker, run in this
 process, folds it; the demo rolls the role back past a hallucinated answer
-and prints the commit history.
+and prints the commit history; a projector then fills the PostgreSQL context
+store and the demo prints the chat context an LLM would get: the
+hallucinated answer is gone.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
+import psycopg
 import typer
 from aiokafka import AIOKafkaConsumer
 from rich.console import Console
@@ -28,6 +32,7 @@ from rolebus.cli.common import progress, state
 from rolebus.config import Settings
 from rolebus.endpoints import Endpoints
 from rolebus.errors import StackError, ValidationError
+from rolebus.projectors.context import ChatMessage
 from rolebus.stack.launcher import LocalStack
 from rolebus.streams.runtime.options import WorkerOptions
 from rolebus.streams.runtime.process import open_worker, prepare
@@ -54,6 +59,7 @@ async def _story(client: RoleClient) -> list[Sent]:
         role, "assistant", "It shipped yesterday and arrives Friday.", tokens_out=11,
         latency_ms=412, model="llama3:8b",
     ))  # fmt: skip
+    sent.append(await client.request_commit(role, "answered"))
     sent.append(await client.append_message(
         role, "assistant", "Your bike is also made of cheese.", latency_ms=380,
         flags=["hallucination"],
@@ -66,7 +72,14 @@ async def _story(client: RoleClient) -> list[Sent]:
     return sent
 
 
-async def _run(settings: Settings) -> tuple[list[reader.WalRecord], list[CommitRecord]]:
+@dataclass(frozen=True)
+class Story:
+    events: list[reader.WalRecord]
+    commits: list[CommitRecord]
+    context: list[ChatMessage]
+
+
+async def _run(settings: Settings) -> Story:
     ends = endpoints.resolve(settings)
     options = await prepare(settings, ends, WorkerOptions())
     async with RoleClient(settings, TENANT, producer="rolebus-demo", endpoints=ends) as client:
@@ -87,7 +100,47 @@ async def _run(settings: Settings) -> tuple[list[reader.WalRecord], list[CommitR
                 finally:
                     stop.set()
                     await running
-    return events, commits
+        context = await _project(settings, ends, role, commits[-1].seq)
+    return Story(events, commits, context)
+
+
+async def _project(settings: Settings, ends: Endpoints, role: str, seq: int) -> list[ChatMessage]:
+    """Run a projector until the role's rollback is in PostgreSQL; the LLM context then."""
+    from rolebus.projectors import db, queries
+    from rolebus.projectors.embeddings import load_provider
+    from rolebus.projectors.projector import ProjectorOptions, default_group, run_projector
+
+    progress("projecting into PostgreSQL (context store) and assembling the LLM context")
+    provider = load_provider(settings)
+    options = ProjectorOptions(
+        default_group(settings), settings.pg_schema, settings.projector_batch
+    )
+    stop = asyncio.Event()
+    projecting = asyncio.create_task(run_projector(settings, ends, options, provider, stop))
+    try:
+        async with db.connect(settings, ends, autocommit=True) as conn:
+            deadline = time.monotonic() + FOLD_TIMEOUT_S
+            while not await _projected(conn, role, seq):
+                if projecting.done() or time.monotonic() > deadline:
+                    projecting.result()  # its error, if it failed
+                    raise StackError(f"the projector did not store role {role} in time")
+                await asyncio.sleep(0.1)
+            found = await queries.context(conn, provider, TENANT, role, "where is my order?")
+    finally:
+        stop.set()
+        await projecting
+        await provider.aclose()
+    return found.messages
+
+
+async def _projected(conn: Any, role: str, seq: int) -> bool:
+    from rolebus.projectors import queries
+    from rolebus.projectors.views import UnknownRoleError
+
+    try:
+        return (await queries.role_show(conn, TENANT, role)).seq >= seq
+    except (UnknownRoleError, psycopg.errors.UndefinedTable):  # not there yet
+        return False
 
 
 @contextmanager
@@ -116,7 +169,7 @@ async def _fold_and_roll_back(
         await reader.assign_from_beginning(consumer, names, wait_s=5.0)
         seen: list[OutputRecord] = []
         commits = await _folded(consumer, seen, role, sent)
-        before = next(c for c in commits if c.kind == "lifecycle")  # cut by activation
+        before = next(c for c in commits if c.label == "answered")  # before the hallucination
         target = f"{before.commit_id[:12]} (seq {before.seq})"
         progress(f"rolling back to {target}, before the hallucinated answer")
         await client.rollback(role, before.commit_id, reason="hallucinated answer")
@@ -163,10 +216,11 @@ def demo(
     stack = LocalStack(settings, progress)
     stack.up()
     try:
-        records, commits = asyncio.run(_run(settings))
+        story = asyncio.run(_run(settings))
     finally:
         if stop:
             progress("stopped: " + ", ".join(stack.down()))
+    records, commits = story.events, story.commits
     table = Table(
         "partition:offset", "event", "details", title="The role's events, read back from the WAL"
     )
@@ -184,6 +238,10 @@ def demo(
         parent = (c.parent_id or "")[:12]
         history.add_row(str(c.seq), c.commit_id[:12], c.kind, escape(c.label or ""), parent)
     Console().print(history)
+    chat = Table("role", "content", title="The context an LLM gets now (rolebus context)")
+    for message in story.context:
+        chat.add_row(message["role"], escape(message["content"]))
+    Console().print(chat)
     progress(f"demo done in {time.monotonic() - started:.1f}s")
     if not stop:
         progress(
