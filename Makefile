@@ -38,8 +38,8 @@ bench: $(STAMP)
 	@# Run every one even when an earlier one misses its goal; fail if any did.
 	$(BIN)/python bench/produce.py; p=$$?; $(BIN)/python bench/fold.py; f=$$?; \
 	$(BIN)/python bench/latency.py; l=$$?; $(BIN)/python bench/project.py; j=$$?; \
-	$(BIN)/python bench/read_your_write.py; r=$$?; \
-	exit $$((p || f || l || j || r))
+	$(BIN)/python bench/read_your_write.py; r=$$?; $(BIN)/python bench/recall.py; c=$$?; \
+	exit $$((p || f || l || j || r || c))
 
 stack-down: $(STAMP)
 	$(BIN)/rolebus stack down
