@@ -65,7 +65,9 @@ def apply_event(
         rejected = Rejected(envelope.event_id, envelope.role_id, step.reason, step.message)
         if state is None:
             return None, rejected
-        return evolve(state, **_bookkeeping(state, envelope, position, config)), rejected
+        remembered = evolve(state)
+        _bookkeeping(remembered.__dict__, state, envelope, position, config)
+        return remembered, rejected
     return _accept(state, step, envelope, position, config)
 
 
@@ -118,50 +120,43 @@ def _accept(
     position: WalPosition | None,
     config: FoldConfig,
 ) -> tuple[RoleState, Accepted]:
-    seq = change.state.seq + 1
-    pending = change.state.events_since_commit + 1
+    # A mutator's state is a new object nobody else holds yet (CommitRequested
+    # hands back the previous one: copied), so the step finishes it in place
+    # instead of copying it once more per field group.
+    state = evolve(change.state) if change.state is previous else change.state
+    attrs = state.__dict__
+    attrs["seq"] = seq = state.seq + 1
+    pending = state.events_since_commit + 1
     kind = change.cut
     if kind is None and pending >= config.commit_every:
         kind = CommitKind.AUTO
     commits: tuple[Commit, ...] = ()
-    head = change.state.head_commit_id
+    head = state.head_commit_id
     if kind is not None:
-        commit = make_commit(
-            evolve(change.state, seq=seq),  # the state the commit records
-            kind,
-            occurred_at=envelope.occurred_at,
-            event_id=envelope.event_id,
+        commit = make_commit(  # parent: the head before this event
+            state, kind, occurred_at=envelope.occurred_at, event_id=envelope.event_id,
             label=change.label,
-        )
+        )  # fmt: skip
         head, pending, commits = commit.commit_id, 0, (commit,)
-    state = evolve(
-        change.state,
-        seq=seq,
-        head_commit_id=head,
-        events_since_commit=pending,
-        **_bookkeeping(previous, envelope, position, config),
-    )
-    if commits:
         # The state's logical part is the commit's: share its one encoding
         # (the changelog writes it again), do not build it twice.
-        state.__dict__["canonical_text"] = commits[0].snapshot.canonical_text
-    accepted = Accepted(
-        envelope.event_id, state.role_id, state.seq, state, commits, change.superseded
-    )
+        attrs["canonical_text"] = commit.snapshot.canonical_text
+    attrs["head_commit_id"], attrs["events_since_commit"] = head, pending
+    _bookkeeping(attrs, previous, envelope, position, config)
+    accepted = Accepted(envelope.event_id, state.role_id, seq, state, commits, change.superseded)
     return state, accepted
 
 
 def _bookkeeping(
+    attrs: dict[str, object],
     previous: RoleState | None,
     envelope: Envelope,
     position: WalPosition | None,
     config: FoldConfig,
-) -> dict[str, object]:
+) -> None:
     """The event id joins the bounded dedupe window; the position, when known,
-    becomes the last applied one."""
+    becomes the last applied one (written into a new state's ``attrs``)."""
     seen = EventWindow() if previous is None else previous.recent_event_ids
     last = None if previous is None else previous.last_position
-    return {
-        "recent_event_ids": seen.add(envelope.event_id, config.dedupe_window),
-        "last_position": last if position is None else position,
-    }
+    attrs["recent_event_ids"] = seen.add(envelope.event_id, config.dedupe_window)
+    attrs["last_position"] = last if position is None else position
