@@ -29,14 +29,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any
 
 from rolebus.projectors import seqranges
 from rolebus.projectors.plan import Change, Commit
 from rolebus.projectors.seqranges import Ranges
 from rolebus.wal.canonical import from_micros
 from rolebus.wal.events import (
-    MessageAppended,
     PersonaUpdated,
     RoleActivated,
     RoleArchived,
@@ -45,67 +43,14 @@ from rolebus.wal.events import (
     RoleForked,
     RoleResumed,
     RoleSuspended,
-    RolledBack,
 )
+from rolebus.wal.snapshot import Counters, count
 
 _LIFECYCLE_OF: Mapping[type, str] = {
     RoleCreated: "created", RoleForked: "created", RoleActivated: "active",
     RoleSuspended: "suspended", RoleResumed: "active", RoleArchived: "archived",
     RoleDeleted: "deleted",
 }  # fmt: skip
-
-
-def _bump(counts: Mapping[str, int], keys: Iterable[str]) -> dict[str, int]:
-    out = dict(counts)
-    for key in keys:
-        out[key] = out.get(key, 0) + 1
-    return {k: out[k] for k in sorted(out)}
-
-
-@dataclass(frozen=True)
-class Counters:
-    """Lifetime activity, in the commit snapshot's ``counters`` JSON shape."""
-
-    messages: Mapping[str, int] = field(default_factory=dict)
-    tokens_in: int = 0
-    tokens_out: int = 0
-    tool_calls: int = 0
-    flags: Mapping[str, int] = field(default_factory=dict)
-    persona_updates: int = 0
-    rollbacks: int = 0
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "messages": dict(self.messages), "tokens_in": self.tokens_in,
-            "tokens_out": self.tokens_out, "tool_calls": self.tool_calls,
-            "flags": dict(self.flags), "persona_updates": self.persona_updates,
-            "rollbacks": self.rollbacks,
-        }  # fmt: skip
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Counters:
-        if not data:
-            return cls()
-        return cls(
-            dict(data["messages"]), int(data["tokens_in"]), int(data["tokens_out"]),
-            int(data["tool_calls"]), dict(data["flags"]), int(data["persona_updates"]),
-            int(data["rollbacks"]),
-        )  # fmt: skip
-
-    def count(self, payload: object) -> Counters:
-        if isinstance(payload, MessageAppended):
-            return replace(
-                self, messages=_bump(self.messages, [payload.author.value]),
-                tokens_in=self.tokens_in + payload.tokens_in,
-                tokens_out=self.tokens_out + payload.tokens_out,
-                tool_calls=self.tool_calls + (payload.tool_call is not None),
-                flags=_bump(self.flags, sorted(f.value for f in payload.flags)),
-            )  # fmt: skip
-        if isinstance(payload, PersonaUpdated):
-            return replace(self, persona_updates=self.persona_updates + 1)
-        if isinstance(payload, RolledBack):
-            return replace(self, rollbacks=self.rollbacks + 1)
-        return self
 
 
 @dataclass(frozen=True)
@@ -145,7 +90,7 @@ def apply_change(row: RoleRow | None, c: Change) -> RoleRow:
     )
     row = replace(
         row, seq=r.seq, head_commit_id=r.head_commit_id, updated_at=at, live=live,
-        counters=row.counters.count(p),
+        counters=count(row.counters, p),
     )  # fmt: skip
     return _content_of(row, p, r.seq, at)
 

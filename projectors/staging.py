@@ -22,7 +22,8 @@ from psycopg.types.json import Jsonb
 
 from rolebus.projectors import rollup, seqranges
 from rolebus.projectors.plan import MessageRow
-from rolebus.projectors.roles import Counters, RoleRow
+from rolebus.projectors.roles import RoleRow
+from rolebus.wal.snapshot import Counters, counters_json, parse_counters
 
 Cursor = psycopg.AsyncCursor[tuple[Any, ...]]
 Vectored = tuple[Any, str | None]
@@ -160,7 +161,7 @@ def role_tuple(r: RoleRow) -> tuple[Any, ...]:
         list(r.skills),
         r.seq,
         r.head_commit_id,
-        json.dumps(r.counters.to_json()),
+        json.dumps(counters_json(r.counters)),
         seqranges.literal(r.live),
         r.forked_from_role,
         r.forked_from_commit,
@@ -185,7 +186,7 @@ def role_row(v: Sequence[Any]) -> RoleRow:
         skills=tuple(v[7]),
         seq=int(v[8]),
         head_commit_id=v[9],
-        counters=Counters.from_json(v[10]),
+        counters=parse_counters(v[10]) if v[10] else Counters(),
         live=seqranges.from_multirange(v[11]),
         forked_from_role=v[12],
         forked_from_commit=v[13],

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
 from functools import cached_property
@@ -34,7 +34,16 @@ from typing import Any, Final, NamedTuple
 from rolebus.errors import SchemaError
 from rolebus.wal.canonical import canonical_text as _canonical
 from rolebus.wal.canonical import from_micros, to_micros
-from rolebus.wal.events import Author, Flag, RoleId, TenantId, ToolCall
+from rolebus.wal.events import (
+    Author,
+    Flag,
+    MessageAppended,
+    PersonaUpdated,
+    RoleId,
+    RolledBack,
+    TenantId,
+    ToolCall,
+)
 
 
 class RecordError(SchemaError):
@@ -162,7 +171,7 @@ def message_json(m: RecentMessage) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _counters_json(c: Counters) -> dict[str, Any]:
+def counters_json(c: Counters) -> dict[str, Any]:
     return {
         "messages": dict(c.messages), "tokens_in": c.tokens_in, "tokens_out": c.tokens_out,
         "tool_calls": c.tool_calls, "flags": dict(c.flags),
@@ -174,7 +183,7 @@ def _json_without_messages(s: Snapshot) -> dict[str, Any]:
     return {
         "role_id": s.role_id, "tenant_id": s.tenant_id, "lifecycle": s.lifecycle.value,
         "name": s.name, "persona": s.persona, "traits": dict(s.traits), "model": s.model,
-        "skills": list(s.skills), "seq": s.seq, "counters": _counters_json(s.counters),
+        "skills": list(s.skills), "seq": s.seq, "counters": counters_json(s.counters),
         "lineage": {
             "closed": [[r.first, r.last] for r in s.lineage.closed],
             "branch_start": s.lineage.branch_start,
@@ -242,7 +251,7 @@ def _message(d: Mapping[str, Any]) -> RecentMessage:
     )  # fmt: skip
 
 
-def _counters(d: Mapping[str, Any]) -> Counters:
+def parse_counters(d: Mapping[str, Any]) -> Counters:
     return Counters(
         messages=sorted_map(d["messages"]), tokens_in=d["tokens_in"], tokens_out=d["tokens_out"],
         tool_calls=d["tool_calls"], flags=sorted_map(d["flags"]),
@@ -258,7 +267,8 @@ def logical_fields(d: Mapping[str, Any]) -> dict[str, Any]:
             "role_id": RoleId(d["role_id"]), "tenant_id": TenantId(d["tenant_id"]),
             "lifecycle": _LIFECYCLES[d["lifecycle"]], "name": d["name"],
             "persona": d["persona"], "traits": sorted_map(d["traits"]), "model": d["model"],
-            "skills": tuple(d["skills"]), "seq": d["seq"], "counters": _counters(d["counters"]),
+            "skills": tuple(d["skills"]), "seq": d["seq"],
+            "counters": parse_counters(d["counters"]),
             "messages": tuple(_message(m) for m in d["messages"]),
             "lineage": Lineage(
                 closed=tuple(SeqRange(a, b) for a, b in lineage["closed"]),
@@ -272,6 +282,41 @@ def logical_fields(d: Mapping[str, Any]) -> dict[str, Any]:
 def parse_snapshot(d: Mapping[str, Any]) -> Snapshot:
     """A typed ``Snapshot`` from a commit record's ``snapshot`` JSON."""
     return Snapshot(**logical_fields(d))
+
+
+# --- counting -----------------------------------------------------------------
+
+
+def count(counters: Counters, payload: object) -> Counters:
+    """The lifetime counters after one more ACCEPTED event with ``payload``: the
+    fold's rule, which the projectors apply to the change records too."""
+    if isinstance(payload, MessageAppended):
+        return Counters(
+            messages=_bump(counters.messages, (payload.author.value,)),
+            tokens_in=counters.tokens_in + payload.tokens_in,
+            tokens_out=counters.tokens_out + payload.tokens_out,
+            tool_calls=counters.tool_calls + (payload.tool_call is not None),
+            flags=_bump(counters.flags, [f.value for f in payload.flags]),
+            persona_updates=counters.persona_updates,
+            rollbacks=counters.rollbacks,
+        )
+    if isinstance(payload, PersonaUpdated):
+        return replace(counters, persona_updates=counters.persona_updates + 1)
+    if isinstance(payload, RolledBack):
+        return replace(counters, rollbacks=counters.rollbacks + 1)
+    return counters
+
+
+def _bump(counts: Mapping[str, int], keys: Iterable[str]) -> Mapping[str, int]:
+    """``counts`` with each key counted once more; keys stay sorted (a new key
+    re-sorts the map, which happens a few times in a role's life)."""
+    keys = list(keys)
+    if not keys:
+        return counts
+    bumped = dict(counts)
+    for key in keys:
+        bumped[key] = bumped.get(key, 0) + 1
+    return bumped if len(bumped) == len(counts) else sorted_map(bumped)
 
 
 # --- seq ranges ----------------------------------------------------------------

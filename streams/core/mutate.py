@@ -20,7 +20,6 @@ resurrects one; it is the only way to leave ``archived`` other than deletion.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import singledispatch
 
@@ -37,7 +36,6 @@ from rolebus.streams.core.rules import (
     resolve_rollback_target,
 )
 from rolebus.streams.core.state import (
-    Counters,
     FoldConfig,
     Lifecycle,
     Lineage,
@@ -65,6 +63,7 @@ from rolebus.wal.events import (
     RoleSuspended,
     RolledBack,
 )
+from rolebus.wal.snapshot import count
 
 
 @dataclass(frozen=True)
@@ -168,31 +167,7 @@ def _message(payload: MessageAppended, state: RoleState, ctx: Context) -> Step:
         tool_call=payload.tool_call,
     )
     window = (*state.messages, message)[-ctx.config.message_window :]
-    counters = _count_message(state.counters, payload)
-    return Change(evolve(state, messages=window, counters=counters))
-
-
-def _count_message(counters: Counters, payload: MessageAppended) -> Counters:
-    return evolve(
-        counters,
-        messages=_bump(counters.messages, [payload.author]),
-        tokens_in=counters.tokens_in + payload.tokens_in,
-        tokens_out=counters.tokens_out + payload.tokens_out,
-        tool_calls=counters.tool_calls + (payload.tool_call is not None),
-        flags=_bump(counters.flags, payload.flags),
-    )
-
-
-def _bump(counts: Mapping[str, int], keys: Iterable[str]) -> Mapping[str, int]:
-    """``counts`` with each key counted once more; keys stay sorted (a new key
-    re-sorts the map, which happens a few times per role in its life)."""
-    keys = [str(key) for key in keys]
-    if not keys:
-        return counts
-    bumped = dict(counts)
-    for key in keys:
-        bumped[key] = bumped.get(key, 0) + 1
-    return bumped if len(bumped) == len(counts) else sorted_map(bumped)
+    return Change(evolve(state, messages=window, counters=count(state.counters, payload)))
 
 
 @mutate.register
@@ -206,7 +181,7 @@ def _persona(payload: PersonaUpdated, state: RoleState, ctx: Context) -> Step:
         traits=state.traits if payload.traits is None else sorted_map(payload.traits),
         model=state.model if payload.model is None else payload.model,
         skills=state.skills if payload.skills is None else tuple(payload.skills),
-        counters=evolve(state.counters, persona_updates=state.counters.persona_updates + 1),
+        counters=count(state.counters, payload),
     )
     return Change(updated)
 
@@ -234,7 +209,7 @@ def _rolled_back(payload: RolledBack, state: RoleState, ctx: Context) -> Step:
         **{
             **logical_view(target.snapshot),
             "seq": state.seq,
-            "counters": evolve(state.counters, rollbacks=state.counters.rollbacks + 1),
+            "counters": count(state.counters, payload),
             "lineage": Lineage(closed=kept, branch_start=seq),
         },
         head_commit_id=state.head_commit_id,

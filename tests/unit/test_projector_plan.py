@@ -38,7 +38,7 @@ from rolebus.wal.events import (
     WalPosition,
 )
 from rolebus.wal.records import ChangeRecord, CommitRecord, OutputRecord, RecordError
-from rolebus.wal.snapshot import live_ranges
+from rolebus.wal.snapshot import counters_json, live_ranges
 
 BASE = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -187,7 +187,7 @@ def test_role_rows_end_the_same_in_any_arrival_order(order: str) -> None:
     assert row.head_commit_id == state.head_commit_id
     assert (row.lifecycle, row.name, row.persona) == ("active", "Ada", "You are Ada.")
     assert (dict(row.traits), row.model, row.skills) == ({"tone": "dry"}, "m-1", ("search",))
-    assert row.counters.to_json() == logical_json(state)["counters"]
+    assert counters_json(row.counters) == logical_json(state)["counters"]
     assert row.live == tuple(tuple(r) for r in live_ranges(state))
     assert row.created_at == BASE + timedelta(seconds=7)
 
@@ -227,7 +227,7 @@ def test_a_fork_gets_its_source_and_the_source_commits_live_ranges() -> None:
     assert (fork.forked_from_role, fork.forked_from_commit) == ("r-1", source)
     assert fork.forked_live == ((1, 11), (15, 15))
     assert fork.persona == "You are Ada." and fork.name == "Ada II" and fork.seq == 1
-    assert fork.counters.to_json()["messages"] == {}
+    assert counters_json(fork.counters)["messages"] == {}
     unknown = plan_roles({}, plan.changes, plan.commits, {})[("t-1", "f-1")]
     assert unknown.forked_live is None  # filled when the source commit is projected
 
