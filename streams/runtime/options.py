@@ -18,8 +18,9 @@ class WorkerOptions:
     """A silent worker is replaced after this long (kill -9 failover time)."""
     progress_every_s: float = 10.0
     """Progress lines on stderr at most this often."""
-    commit_cache: int = 256
-    """Commits kept decoded in memory (rollback targets, fork sources)."""
+    commit_cache: int = 1024
+    """Commits kept decoded in memory (rollback targets, fork sources); about
+    10 kB each with a full message window."""
     replication_factor: int = 1
     """Of the changelog topic (``process.prepare`` derives it from the cluster)."""
     min_insync_replicas: int = 1

@@ -42,6 +42,7 @@ from rolebus.wal.connect import admin_client, within
 
 log = logging.getLogger("rolebus.streams.worker")
 GC_YOUNG_THRESHOLD = 50_000
+PRODUCER_BATCH_BYTES = 128 * 1024
 
 
 def worker_topics(settings: Settings) -> Topics:
@@ -129,7 +130,10 @@ async def open_worker(
     producer = AIOKafkaProducer(
         bootstrap_servers=ends.kafka_bootstrap, client_id=client, acks="all",
         enable_idempotence=True, compression_type="lz4", linger_ms=0,
-        max_batch_size=1024 * 1024, max_request_size=topics.max_state_bytes(settings) + 65536,
+        # Small producer batches: a rollback reads one commit back, and Kafka
+        # returns (and aiokafka decompresses) the whole batch that holds it.
+        max_batch_size=PRODUCER_BATCH_BYTES,
+        max_request_size=topics.max_state_bytes(settings) + 65536,
     )  # fmt: skip
     restore_consumer = AIOKafkaConsumer(
         bootstrap_servers=ends.kafka_bootstrap, client_id=f"{client}-restore",
@@ -148,7 +152,7 @@ async def open_worker(
         yield Worker(
             app_id=settings.app_id, topics=tps, config=FoldConfig.from_settings(settings),
             options=options, consumer=consumer, producer=producer, restorer=restorer,
-            commits=store,
+            commits=store, wal_partitions=settings.wal_partitions,
         )  # fmt: skip
     finally:
         await consumer.stop()

@@ -47,6 +47,7 @@ from typing import Any
 from aiokafka import TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, IllegalStateError
+from aiokafka.partitioner import murmur2
 from aiokafka.structs import ConsumerRecord
 from opentelemetry import trace
 
@@ -68,8 +69,10 @@ log = logging.getLogger("rolebus.streams.worker")
 Headers = list[tuple[str, bytes]]
 Restorer = Callable[[list[int]], Awaitable[Restored]]
 INF = float("inf")
-FORK_RECHECK_S = 0.1
-"""A partition held back by a fork is read again this often."""
+HELD_RECHECK_S = 1.0
+"""A partition held back by a fork is read again at least this often."""
+TAIL_AFTER_S = 5.0
+"""A fork that waits this long makes the worker tail the whole commits topic."""
 
 
 @dataclass(frozen=True)
@@ -119,6 +122,7 @@ class Worker:
     def __init__(
         self, *, app_id: str, topics: Topics, config: FoldConfig, options: WorkerOptions,
         consumer: Any, producer: Any, restorer: Restorer, commits: CommitStore,
+        wal_partitions: int,
     ) -> None:  # fmt: skip
         self.app_id, self.topics, self.config, self.options = app_id, topics, config, options
         self.consumer, self.producer, self.restorer, self.commits = (
@@ -127,6 +131,8 @@ class Worker:
             restorer,
             commits,
         )
+        self.wal_partitions = wal_partitions
+        """Of the WAL: where the producers' default partitioner puts a role."""
         self.memory: dict[int, PartitionState] = {}
         self.stats = Stats()
         self.tracer = trace.get_tracer("rolebus.streams")
@@ -253,23 +259,19 @@ class Worker:
     ) -> bool:  # fmt: skip
         """Fetch blocked fork sources; release forks that waited too long; hold the
         rest back. True when something can fold now."""
-        self.commits.tail()  # fork sources may come from other workers' partitions
         if await self.commits.load(blocked.values()):
             return True
         now, moved = time.monotonic(), False
         for p, commit_id in blocked.items():
             cursor = cursors[p]
-            offset = cursor.items[cursor.next].position.offset
+            item, fork = cursor.head()
             held = self._held.get(p)
-            if held is None or held.offset != offset:
+            if held is None or held.offset != item.position.offset:
                 self.stats.fork_waits += 1
-                log.info(
-                    "partition %d: fork at offset %d waits for source commit %s",
-                    p,
-                    offset,
-                    commit_id,
-                )
-                held = self._held[p] = _Held(offset, commit_id, now, now)
+                log.info("partition %d: fork at offset %d waits for source commit %s",
+                         p, item.position.offset, commit_id)  # fmt: skip
+                held = self._held[p] = _Held(item.position.offset, commit_id, now, INF)
+            self._look_further(fork, held, now)
             if now - held.since >= self.options.fork_wait_s:
                 log.warning(
                     "partition %d: fork source %s not visible after %.0fs (fork_wait_s); folding "
@@ -281,8 +283,18 @@ class Worker:
                 moved = True
             else:
                 cursor.items = cursor.items[: cursor.next]  # the rest is read again later
-                held.resume_at = now + FORK_RECHECK_S
+                held.resume_at = now + HELD_RECHECK_S
         return moved
+
+    def _look_further(self, fork: Any, held: _Held, now: float) -> None:
+        """Tail the whole commits topic when the fork's source role lives on a
+        partition another worker owns (or the wait drags on): its commit can
+        only show up there. A source on our own partitions arrives by folding."""
+        payload = fork.payload if isinstance(fork, Envelope) else None
+        source = payload.source_role_id if isinstance(payload, RoleForked) else ""
+        home = (murmur2(source.encode()) & 0x7FFFFFFF) % self.wal_partitions
+        if home not in self.memory or now - held.since >= TAIL_AFTER_S:
+            self.commits.tail()
 
     def _state_of(self, role_id: RoleId) -> RoleState | None:
         for partition in self.memory.values():
@@ -366,8 +378,16 @@ class Worker:
         self.stats.events += sum(c.next for c in cursors.values())
 
     def _resume_held(self) -> None:
+        """Read a held partition again once its fork can fold: the source commit is
+        indexed now, the wait ran out, or (rarely needed) a recheck is due."""
         now = time.monotonic()
-        due = [p for p, held in self._held.items() if held.resume_at <= now]
+        due = [
+            p for p, held in self._held.items()
+            if held.resume_at != INF and (
+                held.commit_id in self.commits.index or held.resume_at <= now
+                or now - held.since >= self.options.fork_wait_s
+            )
+        ]  # fmt: skip
         if due:
             self.consumer.resume(*(TopicPartition(self.topics.wal, p) for p in due))
             for p in due:

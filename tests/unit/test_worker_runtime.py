@@ -5,12 +5,12 @@ batch tracing. (The real broker runs the same worker in tests/integration.)"""
 from __future__ import annotations
 
 import asyncio
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pytest
 from aiokafka import TopicPartition
+from aiokafka.partitioner import murmur2
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -62,14 +62,19 @@ def node(cluster: Cluster, settings: Settings = SETTINGS, **options: float) -> N
     opts = WorkerOptions(batch_wait_s=0.001, **options)  # type: ignore[arg-type]
     worker = Worker(
         app_id="app", topics=TOPICS, config=CONFIG, options=opts, consumer=consumer,
-        producer=producer, restorer=restorer, commits=store,
+        producer=producer, restorer=restorer, commits=store, wal_partitions=PARTITIONS,
     )  # fmt: skip
     return Node(worker, consumer, producer)
 
 
+def home(role_id: str) -> int:
+    """The producer's default partitioner (murmur2), as the worker assumes it."""
+    return (murmur2(role_id.encode()) & 0x7FFFFFFF) % PARTITIONS
+
+
 def produce(cluster: Cluster, envelopes: Sequence[Envelope]) -> None:
     for env in envelopes:
-        p = zlib.crc32(env.role_id.encode()) % PARTITIONS
+        p = home(env.role_id)
         cluster.append(
             TOPICS.wal, p, env.role_id.encode(), codec.encode(env), [("traceparent", TRACEPARENT)]
         )
@@ -198,14 +203,10 @@ async def test_a_fork_waits_for_a_source_cut_by_another_worker() -> None:
     created = wl.take(30)
     produce(cluster, created)
     source = next(iter(wl.commits.values()))
-    home = zlib.crc32(source.role_id.encode()) % PARTITIONS
-    fork_id = next(
-        RoleId(f"fork-{i}")
-        for i in range(100)
-        if zlib.crc32(f"fork-{i}".encode()) % PARTITIONS != home
-    )
+    source_home = home(source.role_id)
+    fork_id = next(RoleId(f"fork-{i}") for i in range(100) if home(f"fork-{i}") != source_home)
     produce(cluster, [wl._envelope(fork_id, RoleForked(source.role_id, source.commit_id, "f"))])
-    fork_home = zlib.crc32(fork_id.encode()) % PARTITIONS
+    fork_home = home(fork_id)
     forker = node(cluster)
     stop = asyncio.Event()
     task = asyncio.create_task(forker.worker.run(stop))
