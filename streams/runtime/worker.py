@@ -71,8 +71,10 @@ Restorer = Callable[[list[int]], Awaitable[Restored]]
 INF = float("inf")
 HELD_RECHECK_S = 1.0
 """A partition held back by a fork is read again at least this often."""
-TAIL_AFTER_S = 5.0
-"""A fork that waits this long makes the worker tail the whole commits topic."""
+TAIL_AFTER = 0.5
+"""A fork that waited this share of ``fork_wait_s`` makes the worker tail the whole
+commits topic even for a source on its own partitions (a producer that does not
+use the default partitioner)."""
 
 
 @dataclass(frozen=True)
@@ -289,11 +291,12 @@ class Worker:
     def _look_further(self, fork: Any, held: _Held, now: float) -> None:
         """Tail the whole commits topic when the fork's source role lives on a
         partition another worker owns (or the wait drags on): its commit can
-        only show up there. A source on our own partitions arrives by folding."""
+        only show up there. A source on our own partitions arrives by folding;
+        tailing would read every commit ever written, of every app id."""
         payload = fork.payload if isinstance(fork, Envelope) else None
         source = payload.source_role_id if isinstance(payload, RoleForked) else ""
         home = (murmur2(source.encode()) & 0x7FFFFFFF) % self.wal_partitions
-        if home not in self.memory or now - held.since >= TAIL_AFTER_S:
+        if home not in self.memory or now - held.since >= TAIL_AFTER * self.options.fork_wait_s:
             self.commits.tail()
 
     def _state_of(self, role_id: RoleId) -> RoleState | None:
