@@ -68,9 +68,8 @@ from rolebus.wal.records import CommitRecord, OutputRecord, RejectionRecord
 log = logging.getLogger("rolebus.streams.worker")
 Headers = list[tuple[str, bytes]]
 Restorer = Callable[[list[int]], Awaitable[Restored]]
-INF = float("inf")
 HELD_RECHECK_S = 1.0
-"""A partition held back by a fork is read again at least this often."""
+"""A fork held back is tried again at least this often."""
 TAIL_AFTER = 0.5
 """A fork that waited this share of ``fork_wait_s`` makes the worker tail the whole
 commits topic even for a source on its own partitions (a producer that does not
@@ -110,12 +109,18 @@ class Stats:
 
 @dataclass
 class _Held:
-    """A partition held back by a fork waiting for its source commit."""
+    """A partition held back by a fork waiting for its source commit: the rest of
+    its fetched records waits here (decoded once) while the partition is paused."""
 
-    offset: int
+    cursor: Cursor
+    """The partition's unfolded records; ``next`` is the fork."""
     commit_id: str
     since: float
-    resume_at: float
+    checked_at: float
+
+    @property
+    def offset(self) -> int:
+        return self.cursor.items[self.cursor.next].position.offset
 
 
 class Worker:
@@ -154,12 +159,11 @@ class Worker:
         while not stop.is_set():
             if self._assigned is not None:
                 await self._sync_assignment()
-            self._resume_held()
             epoch = self._epoch
             batch = await self.consumer.getmany(
                 timeout_ms=wait_ms, max_records=self.options.batch_max
             )
-            if batch:
+            if batch or self._held_due():
                 async with self._lock:
                     if epoch != self._epoch or self._assigned is not None:
                         self.stats.dropped_batches += 1  # fetched before a rebalance
@@ -229,12 +233,15 @@ class Worker:
     async def process(
         self, batch: Mapping[TopicPartition, Sequence[ConsumerRecord[bytes, bytes]]]
     ) -> None:
-        """Fold, deliver, store and commit one batch (the caller holds the lock)."""
-        cursors = {
-            tp.partition: Cursor([_item(r) for r in recs]) for tp, recs in sorted(batch.items())
-        }
+        """Fold, deliver, store and commit one batch, with the records forks held
+        back (the caller holds the lock)."""
+        cursors = {p: held.cursor for p, held in self._held.items()}
+        for tp, recs in sorted(batch.items()):
+            cursors[tp.partition] = Cursor([_item(r) for r in recs])
+        start = {p: c.next for p, c in cursors.items()}
         span = start_batch_span(
-            self.tracer, self.topics.wal, self.app_id, sum(len(c.items) for c in cursors.values()),
+            self.tracer, self.topics.wal, self.app_id,
+            sum(len(c.items) - c.next for c in cursors.values()),
             links_of(r.headers for recs in batch.values() for r in recs),
         )  # fmt: skip
         with trace.use_span(span, end_on_exit=True):
@@ -242,8 +249,9 @@ class Worker:
             headers = [self._app_header, *trace_headers()]
             offsets = await self._deliver(outputs, headers)
             await self._store(folder, offsets)
-            await self._commit(cursors)
-        self._remember(folder, offsets, cursors)
+            done = {p: c for p, c in cursors.items() if c.next > start[p]}
+            await self._commit(done)
+        self._remember(folder, offsets, {p: c.next - start[p] for p, c in done.items()})
 
     async def _fold(self, cursors: dict[int, Cursor]) -> tuple[Folder, list[OutputRecord]]:
         await self.commits.load(_named_commits(cursors))
@@ -266,14 +274,11 @@ class Worker:
         now, moved = time.monotonic(), False
         for p, commit_id in blocked.items():
             cursor = cursors[p]
-            item, fork = cursor.head()
             held = self._held.get(p)
-            if held is None or held.offset != item.position.offset:
-                self.stats.fork_waits += 1
-                log.info("partition %d: fork at offset %d waits for source commit %s",
-                         p, item.position.offset, commit_id)  # fmt: skip
-                held = self._held[p] = _Held(item.position.offset, commit_id, now, INF)
-            self._look_further(fork, held, now)
+            if held is None or held.cursor is not cursor or held.commit_id != commit_id:
+                held = self._hold(p, cursor, commit_id, now)
+            held.checked_at = now
+            self._look_further(cursor.head()[1], held, now)
             if now - held.since >= self.options.fork_wait_s:
                 log.warning(
                     "partition %d: fork source %s not visible after %.0fs (fork_wait_s); folding "
@@ -281,12 +286,34 @@ class Worker:
                     self.options.fork_wait_s,
                 )  # fmt: skip
                 cursor.release(folder, outputs)
-                del self._held[p]
                 moved = True
-            else:
-                cursor.items = cursor.items[: cursor.next]  # the rest is read again later
-                held.resume_at = now + HELD_RECHECK_S
         return moved
+
+    def _hold(self, p: int, cursor: Cursor, commit_id: str, now: float) -> _Held:
+        """Keep the partition's unfolded records and stop fetching more of it."""
+        self.stats.fork_waits += 1
+        held = self._held[p] = _Held(cursor, commit_id, now, now)
+        log.info("partition %d: fork at offset %d waits for source commit %s",
+                 p, held.offset, commit_id)  # fmt: skip
+        self.consumer.pause(TopicPartition(self.topics.wal, p))
+        return held
+
+    def _held_due(self) -> bool:
+        """True when a held fork may fold now: its source commit is indexed, its
+        wait ran out, or a recheck is due."""
+        now = time.monotonic()
+        return any(
+            held.commit_id in self.commits.index or held.commit_id in self.commits.cache
+            or now - held.checked_at >= HELD_RECHECK_S
+            or now - held.since >= self.options.fork_wait_s
+            for held in self._held.values()
+        )  # fmt: skip
+
+    def _unhold(self, cursors: Mapping[int, Cursor]) -> None:
+        """Resume the held partitions whose records are all folded now."""
+        for p in [p for p, held in self._held.items() if held.cursor.done]:
+            del self._held[p]
+            self.consumer.resume(TopicPartition(self.topics.wal, p))
 
     def _look_further(self, fork: Any, held: _Held, now: float) -> None:
         """Tail the whole commits topic when the fork's source role lives on a
@@ -341,32 +368,29 @@ class Worker:
             entries.setdefault((self.topics.changelog, p), []).append((key, value, []))
         await send_batches(self.producer, entries)
 
-    async def _commit(self, cursors: Mapping[int, Cursor]) -> None:
-        done = {p: c.items[c.next - 1].position.offset + 1 for p, c in cursors.items() if c.next}
-        for p, held in self._held.items():
-            if p in cursors and held.resume_at != INF:  # held back by this batch
-                tp = TopicPartition(self.topics.wal, p)
-                self.consumer.seek(tp, held.offset)
-                self.consumer.pause(tp)
-        if not done:
+    async def _commit(self, done: Mapping[int, Cursor]) -> None:
+        """Commit the WAL offsets past what this round folded; release the
+        partitions whose held records are all folded."""
+        offsets = {p: c.items[c.next - 1].position.offset + 1 for p, c in done.items()}
+        self._unhold(done)
+        if not offsets:
             return
         try:
             await self.consumer.commit(
-                {TopicPartition(self.topics.wal, p): o for p, o in done.items()}
+                {TopicPartition(self.topics.wal, p): o for p, o in offsets.items()}
             )
         except (CommitFailedError, IllegalStateError) as exc:
             # A rebalance took the partitions; what was stored stays valid (the next
             # owner skips it by position), but memory no longer matches the group.
-            log.warning(
-                "offset commit refused (%s): the new owner resumes from the stored state", exc
-            )
+            log.warning("offset commit refused (%s): the new owner resumes from the stored state",
+                        exc)  # fmt: skip
             return
-        for p, offset in done.items():
+        for p, offset in offsets.items():
             if p in self.memory:
                 self.memory[p].committed = offset
 
     def _remember(
-        self, folder: Folder, offsets: Mapping[str, tuple[int, int]], cursors: Mapping[int, Cursor]
+        self, folder: Folder, offsets: Mapping[str, tuple[int, int]], folded: Mapping[int, int]
     ) -> None:
         for state in folder.states.values():
             home = self.memory.get(_home(state))
@@ -378,23 +402,7 @@ class Worker:
             if p in self.memory:
                 self.memory[p].index[cid] = offset
         self.stats.batches += 1
-        self.stats.events += sum(c.next for c in cursors.values())
-
-    def _resume_held(self) -> None:
-        """Read a held partition again once its fork can fold: the source commit is
-        indexed now, the wait ran out, or (rarely needed) a recheck is due."""
-        now = time.monotonic()
-        due = [
-            p for p, held in self._held.items()
-            if held.resume_at != INF and (
-                held.commit_id in self.commits.index or held.resume_at <= now
-                or now - held.since >= self.options.fork_wait_s
-            )
-        ]  # fmt: skip
-        if due:
-            self.consumer.resume(*(TopicPartition(self.topics.wal, p) for p in due))
-            for p in due:
-                self._held[p].resume_at = INF
+        self.stats.events += sum(folded.values())
 
     # --- progress ----------------------------------------------------------------
 
