@@ -41,8 +41,8 @@ log = logging.getLogger("rolebus.streams.worker")
 
 
 class CommitStore:
-    """See the module docstring. ``get`` is the synchronous ``CommitLookup`` the
-    fold uses (cache only); ``load`` makes named commits available to it."""
+    """See the module docstring. ``get`` is a synchronous ``CommitLookup`` over
+    the cache; ``load`` finds named commits (reading them back when needed)."""
 
     def __init__(
         self, settings: Settings, ends: Endpoints, cache_size: int,
@@ -84,25 +84,28 @@ class CommitStore:
 
     # --- reading back ---------------------------------------------------------
 
-    async def load(self, commit_ids: Iterable[str]) -> int:
-        """Read the indexed ones of ``commit_ids`` that are not cached; how many."""
-        wanted = sorted(
-            {
-                self.index[cid]: cid
-                for cid in commit_ids
-                if cid in self.index and cid not in self.cache
-            }.items()
-        )
-        if not wanted:
-            return 0
-        consumer = await self._consumer()
-        for (partition, offset), commit_id in wanted:  # rare: one read each is fine
-            tp = TopicPartition(self.topic, partition)
-            consumer.assign([tp])
-            consumer.seek(tp, offset)
-            self._cache(await self._read(consumer, tp, offset, commit_id))
-        self.fetches += len(wanted)
-        return len(wanted)
+    async def load(self, commit_ids: Iterable[str]) -> dict[str, Commit]:
+        """The named commits this store can find (cached, or read back through the
+        index), by id. The caller keeps them for its batch: the cache may evict."""
+        found: dict[str, Commit] = {}
+        wanted: dict[tuple[int, int], str] = {}
+        for cid in commit_ids:
+            cached = self.get(cid)
+            if cached is not None:
+                found[cid] = cached
+            elif cid in self.index:
+                wanted[self.index[cid]] = cid
+        if wanted:
+            consumer = await self._consumer()
+            for (partition, offset), commit_id in sorted(wanted.items()):  # rare: one read each
+                tp = TopicPartition(self.topic, partition)
+                consumer.assign([tp])
+                consumer.seek(tp, offset)
+                commit = await self._read(consumer, tp, offset, commit_id)
+                self._cache(commit)
+                found[commit_id] = commit
+            self.fetches += len(wanted)
+        return found
 
     async def _read(
         self, consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int, commit_id: str

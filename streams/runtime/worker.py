@@ -254,42 +254,76 @@ class Worker:
         self._remember(folder, offsets, {p: c.next - start[p] for p, c in done.items()})
 
     async def _fold(self, cursors: dict[int, Cursor]) -> tuple[Folder, list[OutputRecord]]:
-        await self.commits.load(_named_commits(cursors))
-        folder = Folder(self.config, ChainLookup(self.commits), self._state_of)
+        # The commits the batch names stay here for the whole batch (the cache may
+        # evict them meanwhile; a lookup must not depend on that).
+        named = await self.commits.load(_named_commits(cursors))
+        folder = Folder(self.config, ChainLookup(named, self.commits), self._state_of)
         outputs: list[OutputRecord] = []
         while True:
             advance_all(folder, cursors, outputs)
             blocked = blocked_forks(folder, cursors)
-            if not blocked or not await self._wait_for_sources(folder, cursors, blocked, outputs):
+            if not blocked:
+                return folder, outputs
+            found = await self.commits.load(blocked.values())
+            named.update(found)
+            if not found and not await self._wait_for_sources(folder, cursors, blocked, outputs):
                 return folder, outputs
 
     async def _wait_for_sources(
         self, folder: Folder, cursors: dict[int, Cursor], blocked: dict[int, Any],
         outputs: list[OutputRecord],
     ) -> bool:  # fmt: skip
-        """Fetch blocked fork sources; release forks that waited too long; hold the
-        rest back. True when something can fold now."""
-        if await self.commits.load(blocked.values()):
-            return True
+        """Release the forks whose source cannot come any more; hold the rest
+        back. True when something can fold now.
+
+        A source on this worker's own partitions can only be cut by folding
+        them: its fork is released (refused) exactly when ``fold_log`` would,
+        when every owned partition is held by a fork or read to its end. A
+        source on another worker's partition is waited for ``fork_wait_s``."""
         now, moved = time.monotonic(), False
+        stuck = await self._stuck(cursors, blocked)
         for p, commit_id in blocked.items():
             cursor = cursors[p]
             held = self._held.get(p)
             if held is None or held.cursor is not cursor or held.commit_id != commit_id:
-                held = self._hold(p, cursor, commit_id, now)
+                held = self._held_anew(p, cursor, commit_id, now)
             held.checked_at = now
-            self._look_further(cursor.head()[1], held, now)
-            if now - held.since >= self.options.fork_wait_s:
+            ours = self._source_is_ours(cursor.head()[1])
+            if not ours or now - held.since >= TAIL_AFTER * self.options.fork_wait_s:
+                self.commits.tail()  # its commit can only show up in the commits topic
+            if (stuck and ours) or (not ours and now - held.since >= self.options.fork_wait_s):
                 log.warning(
-                    "partition %d: fork source %s not visible after %.0fs (fork_wait_s); folding "
-                    "the fork now, it is refused as an unknown commit", p, commit_id,
-                    self.options.fork_wait_s,
+                    "partition %d: fork source %s cannot be found (%s); folding the fork now, "
+                    "it is refused as an unknown commit", p, commit_id,
+                    "no partition of this worker can cut it" if ours else
+                    f"not visible after {self.options.fork_wait_s:.0f}s (fork_wait_s)",
                 )  # fmt: skip
                 cursor.release(folder, outputs)
                 moved = True
         return moved
 
-    def _hold(self, p: int, cursor: Cursor, commit_id: str, now: float) -> _Held:
+    def _source_is_ours(self, fork: Any) -> bool:
+        """True when the fork's source role lives on a partition this worker owns
+        (where the producers' default partitioner puts it)."""
+        payload = fork.payload if isinstance(fork, Envelope) else None
+        source = payload.source_role_id if isinstance(payload, RoleForked) else ""
+        return (murmur2(source.encode()) & 0x7FFFFFFF) % self.wal_partitions in self.memory
+
+    async def _stuck(self, cursors: Mapping[int, Cursor], blocked: Mapping[int, Any]) -> bool:
+        """True when no owned partition can move: each is blocked by a fork or
+        has nothing more to fold (read to the end of what the broker holds)."""
+        for p in self.memory:
+            if p in blocked:
+                continue
+            if p in cursors and not cursors[p].done:
+                return False
+            tp = TopicPartition(self.topics.wal, p)
+            end = self.consumer.highwater(tp)
+            if end is None or await self.consumer.position(tp) < end:
+                return False
+        return True
+
+    def _held_anew(self, p: int, cursor: Cursor, commit_id: str, now: float) -> _Held:
         """Keep the partition's unfolded records and stop fetching more of it."""
         self.stats.fork_waits += 1
         held = self._held[p] = _Held(cursor, commit_id, now, now)
@@ -299,13 +333,12 @@ class Worker:
         return held
 
     def _held_due(self) -> bool:
-        """True when a held fork may fold now: its source commit is indexed, its
-        wait ran out, or a recheck is due."""
+        """True when a held fork may fold now: its source commit is indexed, or a
+        recheck is due (a wait ran out, or the worker has nothing else to fold)."""
         now = time.monotonic()
         return any(
             held.commit_id in self.commits.index or held.commit_id in self.commits.cache
             or now - held.checked_at >= HELD_RECHECK_S
-            or now - held.since >= self.options.fork_wait_s
             for held in self._held.values()
         )  # fmt: skip
 
@@ -314,17 +347,6 @@ class Worker:
         for p in [p for p, held in self._held.items() if held.cursor.done]:
             del self._held[p]
             self.consumer.resume(TopicPartition(self.topics.wal, p))
-
-    def _look_further(self, fork: Any, held: _Held, now: float) -> None:
-        """Tail the whole commits topic when the fork's source role lives on a
-        partition another worker owns (or the wait drags on): its commit can
-        only show up there. A source on our own partitions arrives by folding;
-        tailing would read every commit ever written, of every app id."""
-        payload = fork.payload if isinstance(fork, Envelope) else None
-        source = payload.source_role_id if isinstance(payload, RoleForked) else ""
-        home = (murmur2(source.encode()) & 0x7FFFFFFF) % self.wal_partitions
-        if home not in self.memory or now - held.since >= TAIL_AFTER * self.options.fork_wait_s:
-            self.commits.tail()
 
     def _state_of(self, role_id: RoleId) -> RoleState | None:
         for partition in self.memory.values():

@@ -48,6 +48,7 @@ class FakeConsumer:
         self.positions: dict[TopicPartition, int] = {}
         self.paused: set[TopicPartition] = set()
         self.listener: Any = None
+        self._turn = 0
 
     # group membership, driven by the test
     def subscribe(self, topics: Sequence[str], listener: Any) -> None:
@@ -92,12 +93,18 @@ class FakeConsumer:
     async def position(self, tp: TopicPartition) -> int:
         return self.positions.get(tp, 0)
 
+    def highwater(self, tp: TopicPartition) -> int:
+        return len(self.cluster.partition(tp.topic, tp.partition))
+
     async def getmany(
         self, *tps: TopicPartition, timeout_ms: int = 0, max_records: int | None = None
     ) -> dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]:
         budget = min(max_records or self.max_records, self.max_records)
         out: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]] = {}
-        for tp in tps or self.assigned:
+        order = list(tps or self.assigned)
+        self._turn = (self._turn + 1) % max(1, len(order))  # partitions take turns, as in
+        order = order[self._turn :] + order[: self._turn]  # aiokafka's fetch buffer
+        for tp in order:
             if tp in self.paused or budget <= 0:
                 continue
             log = self.cluster.partition(tp.topic, tp.partition)

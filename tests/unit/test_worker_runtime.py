@@ -253,6 +253,20 @@ def _truncated() -> bytes:
     return codec.encode(workload(1).take(1)[0])[:-7]
 
 
+async def test_forks_fold_as_fold_log_folds_them_through_a_backlog() -> None:
+    """A worker owning every partition holds forks until their source partition
+    cuts the commit, and refuses one only when nothing it owns can cut it."""
+    cluster = Cluster()
+    produce(cluster, Workload(WorkloadSpec(roles=40, seed=42), CONFIG).take(4000))
+    n = node(cluster)
+    n.consumer.max_records = 400  # small batches: forks wait for other partitions
+    await run_until_caught_up([n], [range(PARTITIONS)])
+    got, expected = outputs(cluster), reference(cluster)
+    assert got.changes == expected.changes
+    assert got.rejections == expected.rejections
+    assert n.worker.stats.fork_waits > 0
+
+
 @pytest.mark.parametrize(
     "raw",
     [b"garbage", b"\xc3\x01" + b"\x00" * 8 + b"x", b"", _truncated()],
