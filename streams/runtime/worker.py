@@ -276,52 +276,52 @@ class Worker:
         """Release the forks whose source cannot come any more; hold the rest
         back. True when something can fold now.
 
-        A source on this worker's own partitions can only be cut by folding
-        them: its fork is released (refused) exactly when ``fold_log`` would,
-        when every owned partition is held by a fork or read to its end. A
-        source on another worker's partition is waited for ``fork_wait_s``."""
+        A role's commits are cut by its own events, all in the partition the
+        producers' default partitioner gives its id. A fork whose source role
+        lives in the fork's own partition can never see that commit before it
+        (``fold_log`` refuses it too): refused now. A fork whose source lives on
+        another partition of this worker waits while that partition has records
+        to fold, then ``fork_wait_s`` for new ones; on another worker's
+        partition, ``fork_wait_s`` while the commits topic is tailed."""
         now, moved = time.monotonic(), False
-        stuck = await self._stuck(cursors, blocked)
         for p, commit_id in blocked.items():
             cursor = cursors[p]
             held = self._held.get(p)
             if held is None or held.cursor is not cursor or held.commit_id != commit_id:
                 held = self._held_anew(p, cursor, commit_id, now)
             held.checked_at = now
-            ours = self._source_is_ours(cursor.head()[1])
-            if not ours or now - held.since >= TAIL_AFTER * self.options.fork_wait_s:
+            home = self._home_of_source(cursor.head()[1])
+            if home in self.memory and home != p and await self._moving(home, cursors):
+                held.since = now  # its source partition is still being folded
+            elif (
+                home not in self.memory or now - held.since >= TAIL_AFTER * self.options.fork_wait_s
+            ):
                 self.commits.tail()  # its commit can only show up in the commits topic
-            if (stuck and ours) or (not ours and now - held.since >= self.options.fork_wait_s):
+            if home == p or now - held.since >= self.options.fork_wait_s:
                 log.warning(
                     "partition %d: fork source %s cannot be found (%s); folding the fork now, "
                     "it is refused as an unknown commit", p, commit_id,
-                    "no partition of this worker can cut it" if ours else
-                    f"not visible after {self.options.fork_wait_s:.0f}s (fork_wait_s)",
+                    "the source role's events come after it in the same partition" if home == p
+                    else f"not visible after {self.options.fork_wait_s:.0f}s (fork_wait_s)",
                 )  # fmt: skip
                 cursor.release(folder, outputs)
                 moved = True
         return moved
 
-    def _source_is_ours(self, fork: Any) -> bool:
-        """True when the fork's source role lives on a partition this worker owns
-        (where the producers' default partitioner puts it)."""
+    def _home_of_source(self, fork: Any) -> int:
+        """The WAL partition of the fork's source role (default partitioner)."""
         payload = fork.payload if isinstance(fork, Envelope) else None
         source = payload.source_role_id if isinstance(payload, RoleForked) else ""
-        return (murmur2(source.encode()) & 0x7FFFFFFF) % self.wal_partitions in self.memory
+        return int(murmur2(source.encode()) & 0x7FFFFFFF) % self.wal_partitions
 
-    async def _stuck(self, cursors: Mapping[int, Cursor], blocked: Mapping[int, Any]) -> bool:
-        """True when no owned partition can move: each is blocked by a fork or
-        has nothing more to fold (read to the end of what the broker holds)."""
-        for p in self.memory:
-            if p in blocked:
-                continue
-            if p in cursors and not cursors[p].done:
-                return False
-            tp = TopicPartition(self.topics.wal, p)
-            end = self.consumer.highwater(tp)
-            if end is None or await self.consumer.position(tp) < end:
-                return False
-        return True
+    async def _moving(self, partition: int, cursors: Mapping[int, Cursor]) -> bool:
+        """True while an owned partition has records to fold: in this batch, held
+        back by a fork of its own, or not yet read to the broker's end."""
+        if partition in cursors and not cursors[partition].done:
+            return True
+        tp = TopicPartition(self.topics.wal, partition)
+        end = self.consumer.highwater(tp)
+        return end is None or int(await self.consumer.position(tp)) < int(end)
 
     def _held_anew(self, p: int, cursor: Cursor, commit_id: str, now: float) -> _Held:
         """Keep the partition's unfolded records and stop fetching more of it."""
