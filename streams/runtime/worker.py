@@ -7,9 +7,11 @@ distributed engine, the worker a thin loop. Per batch (``getmany``, at most
 1. decode every record; read back the commits its rollbacks and forks name
    (``commitstore``);
 2. fold the partitions in turn with one ``Folder`` (``core.log``): a fork
-   whose source commit nobody can see yet holds its partition back (paused,
-   read again from the fork) for up to ``fork_wait_s``, then folds as is
-   (refused: unknown commit) — the same semantics as ``fold_log``;
+   whose source commit nobody can see yet holds its partition back (its
+   remaining records wait in memory, the partition is paused) while the
+   source's partition is still being folded, then up to ``fork_wait_s``; it
+   then folds as is (refused: unknown commit), as ``fold_log`` does when no
+   partition can cut the source (see ``_wait_for_sources``);
 3. send every output record (changes, commits, rejections) in batches, to
    the partition number of its WAL record, and wait for delivery;
 4. write the changed role states and the new commits' index entries to the
@@ -29,8 +31,9 @@ in memory when nobody committed past this worker's own last commit — then
 resumes them from the committed offset. A batch fetched under an older
 assignment is dropped, never folded.
 
-Invariants: one batch at a time (``_lock``); memory changes only after the
-batch's offsets are committed or the worker stops; an error stops the worker
+Invariants: one batch at a time (``_lock``); role states and the commit
+index change in memory only after the batch was delivered and stored; a
+committed offset never passes a held fork; an error stops the worker
 (non-zero exit), it never skips a record.
 """
 
