@@ -59,7 +59,8 @@ class PartitionState:
     states: dict[str, RoleState] = field(default_factory=dict)
     """Role id -> decoded state (moved here from ``raw`` on first use)."""
     index: dict[str, int] = field(default_factory=dict)
-    """Commit id -> offset in this partition of the commits topic."""
+    """Commit id -> offset in this partition of the commits topic, as restored
+    (the worker moves it into its commit store)."""
     committed: int | None = None
     """The WAL offset this worker last committed for the partition."""
 

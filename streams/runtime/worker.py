@@ -214,10 +214,13 @@ class Worker:
 
     async def _restore(self, partitions: list[int], committed: Mapping[int, int | None]) -> None:
         restored = await self.restorer(partitions)
+        indexed = 0
         for p, state in restored.partitions.items():
             state.committed = committed[p]
             self.memory[p] = state
             self.commits.index.update({cid: (p, off) for cid, off in state.index.items()})
+            indexed += len(state.index)
+            state.index.clear()  # one index per worker: the commit store's
         self.stats.restores += 1
         self.stats.restored_records += restored.records
         # The restored states live as long as the partition: keep the collector
@@ -228,7 +231,7 @@ class Worker:
             "ready: partitions %s (restored %s: %d roles, %d commits indexed, %d changelog "
             "records in %.1fs)", sorted(self.memory), partitions,
             sum(self.memory[p].roles for p in partitions),
-            sum(len(self.memory[p].index) for p in partitions), restored.records, restored.seconds,
+            indexed, restored.records, restored.seconds,
         )  # fmt: skip
 
     # --- one batch ----------------------------------------------------------------
@@ -424,8 +427,6 @@ class Worker:
                 home.raw.pop(state.role_id, None)
         for cid, (p, offset) in offsets.items():
             self.commits.remember(folder.commits[CommitId(cid)], p, offset)
-            if p in self.memory:
-                self.memory[p].index[cid] = offset
         self.stats.batches += 1
         self.stats.events += sum(folded.values())
 
