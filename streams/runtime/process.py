@@ -43,6 +43,8 @@ from rolebus.wal.connect import admin_client, within
 log = logging.getLogger("rolebus.streams.worker")
 GC_YOUNG_THRESHOLD = 50_000
 PRODUCER_BATCH_BYTES = 128 * 1024
+FETCH_MAX_BYTES = 16 * 1024 * 1024
+"""Most bytes one fetch buffers: bounds the worker's memory between batches."""
 
 
 def worker_topics(settings: Settings) -> Topics:
@@ -125,7 +127,7 @@ async def open_worker(
         enable_auto_commit=False, auto_offset_reset="earliest",
         session_timeout_ms=int(options.session_timeout_s * 1000),
         heartbeat_interval_ms=max(300, int(options.session_timeout_s * 100)),
-        max_poll_records=options.batch_max,
+        max_poll_records=options.batch_max, fetch_max_bytes=FETCH_MAX_BYTES,
     )  # fmt: skip
     producer = AIOKafkaProducer(
         bootstrap_servers=ends.kafka_bootstrap, client_id=client, acks="all",
@@ -137,7 +139,7 @@ async def open_worker(
     )  # fmt: skip
     restore_consumer = AIOKafkaConsumer(
         bootstrap_servers=ends.kafka_bootstrap, client_id=f"{client}-restore",
-        enable_auto_commit=False,
+        enable_auto_commit=False, fetch_max_bytes=FETCH_MAX_BYTES,
         max_partition_fetch_bytes=topics.max_state_bytes(settings) + 65536,
     )  # fmt: skip
     store = CommitStore(settings, ends, options.commit_cache)
