@@ -75,7 +75,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--turns", type=int, default=2000, help="awaited turns per measure")
     p.add_argument("--roles", type=int, default=40, help="roles the turns go to")
     p.add_argument("--load-turns", type=int, default=500, help="turns measured under load")
-    p.add_argument("--load-rate", type=float, default=2000.0, help="background events/s")
+    p.add_argument("--load-rate", type=float, default=1000.0, help="background events/s")
     return p.parse_args(argv)
 
 
