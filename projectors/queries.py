@@ -240,10 +240,13 @@ async def recall(
     role_id: str,
     text: str,
     k: int = DEFAULT_RECALL_K,
+    *,
+    as_of: str | None = None,
 ) -> list[recall_mod.Recalled]:
-    """The ``k`` visible messages of a known role nearest in meaning to ``text``."""
+    """The ``k`` visible messages of a known role nearest in meaning to ``text``;
+    with ``as_of`` (one of the role's commit ids), among those live at that commit."""
     await role_show(conn, tenant_id, role_id)  # unknown role: a clear error, not []
-    return await recall_mod.recall_text(conn, provider, tenant_id, role_id, text, k)
+    return await recall_mod.recall_text(conn, provider, tenant_id, role_id, text, k, as_of=as_of)
 
 
 async def context(

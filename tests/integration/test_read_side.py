@@ -120,11 +120,11 @@ async def insert_commit(
 ) -> None:  # fmt: skip
     await conn.execute(
         "INSERT INTO commits (commit_id, tenant_id, role_id, parent_id, seq, kind, label, reason,"
-        " rollback_to, state_digest, occurred_at, event_id, snapshot)"
-        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        " rollback_to, state_digest, occurred_at, event_id, snapshot, live)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
         (cid(name), tenant, role, parent and cid(parent), seq, kind, cols.get("label"),
          cols.get("reason"), cols.get("rollback_to"), "d" * 64, T0 + timedelta(minutes=seq),
-         uuid.uuid4(), json.dumps(snap)),
+         uuid.uuid4(), json.dumps(snap), cols.get("live")),
     )  # fmt: skip
 
 
@@ -148,7 +148,8 @@ async def seed(conn: Conn) -> None:
     for args, cols in [
         (("c1", "r1", None, 1, "created", snapshot("r1", 1, "created")), {}),
         (("c2", "r1", "c1", 2, "lifecycle", snapshot("r1", 2, "active")), {}),
-        (("c3", "r1", "c2", 7, "manual", snapshot("r1", 7, "active")), {"label": "v1"}),
+        (("c3", "r1", "c2", 7, "manual", snapshot("r1", 7, "active")),
+         {"label": "v1", "live": live((1, 7))}),
         (("c4", "r1", "c3", 10, "rollback", snapshot("r1", 10, "active", **restored)),
          {"reason": "hallucinated", "rollback_to": cid("c3")}),
     ]:  # fmt: skip
@@ -371,6 +372,8 @@ async def test_cli_recall_and_context(store: Store, run_cli: RunCli) -> None:
         ok(run_cli("recall", "r1", "invoice for march", "-k", "2", "--json", env=env))
     )
     assert hits[0]["seq"] == 3 and len(hits) == 2
+    then = run_cli("recall", "r1", "invoice", "--as-of", cid("c3"), "-k", "20", "--json", env=env)
+    assert {h["seq"] for h in json.loads(ok(then))} <= set(range(1, 8))  # live at c3: 1..7
     assert "[bold]about[/bold]" in ok(run_cli("context", "r1", env=env))
     for args, needle in [
         (["context", "ghost"], "role 'ghost': not found"),

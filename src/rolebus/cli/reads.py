@@ -276,11 +276,18 @@ def recall(
     text: Annotated[str, typer.Argument(help="What to look for, in plain words")],
     tenant: Tenant,
     k: Annotated[int, typer.Option("-k", min=1, help="How many messages")] = 5,
+    as_of: Annotated[
+        str | None,
+        typer.Option("--as-of", help="Recall among the messages live at this commit of the role"),
+    ] = None,
     as_json: Json = False,
 ) -> None:
     """Find the role's live messages closest in meaning to TEXT (never another role's
-    or tenant's, never ones a rollback superseded)."""
-    hits = _with_provider(ctx, True, lambda c, p: queries.recall(c, p, tenant, role, text, k))
+    or tenant's, never ones a rollback superseded); --as-of COMMIT: as they were
+    live at that commit."""
+    hits = _with_provider(
+        ctx, True, lambda c, p: queries.recall(c, p, tenant, role, text, k, as_of=as_of)
+    )
     if as_json:
         print_json([_plain(h) for h in hits])
         return
