@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from rolebus.cli import dashboard, db, demo, project, role, stack, topics, wal, worker
+from rolebus.cli import dashboard, db, demo, project, rebuild, role, stack, topics, wal, worker
 from rolebus.cli.common import State
 from rolebus.errors import ConfigError, RolebusError
 
@@ -34,6 +34,9 @@ app.command()(demo.demo)
 app.command()(worker.worker)
 app.command()(project.project)
 app.command()(dashboard.dashboard)
+# Temporary names until the `replay` group lands: `replay projections`, `replay drop`.
+app.command("rebuild")(rebuild.projections)
+app.command("rebuild-drop")(rebuild.drop)
 
 
 @app.callback()
