@@ -40,6 +40,7 @@ from rolebus.projectors.rebuild import Rebuilder, Scope, Tally
 from rolebus.projectors.store import TP, Store
 from rolebus.projectors.swap import Conn, offsets_of, schema_exists, set_names, swap_sets
 from rolebus.wal import reader, topics
+from rolebus.wal.connect import admin_client, within
 from rolebus.wal.export import Progress
 
 OUTPUT_KINDS = ("changes", "commits", "rejections")
@@ -146,6 +147,8 @@ async def rebuild_projections(
         reader.open_consumer(settings, ends, "rolebus-rebuild") as consumer,
     ):
         await _check_sets(lconn, options, rebuilt)
+        report.models = (await _model(lconn, options), embedder.name)
+        await _check_swappable(settings, ends, options, report.models)
         await db.migrate(wconn, rebuilt, embedding_dim=embedder.dim, embedding_model=embedder.name)
         store = Store(wconn, options.projector)
         await store.prepare()
@@ -155,10 +158,11 @@ async def rebuild_projections(
         targets = await rb.end_offsets()
         progress.start(rb.behind(targets))
         await rb.run_to(targets, progress)
-        report.tally, report.models = rb.tally, (await _model(lconn, options), embedder.name)
+        report.tally = rb.tally
         if options.verify:
             report.diffs, report.parity = await _verify(settings, ends, rb, lconn, options, rebuilt)
         if options.swap and report.ok:
+            await _check_swappable(settings, ends, options, report.models)
             await _sync(rb, lconn, options, lambda: swap_sets(
                 lconn, options.live_schema, rebuilt, retired, options.projector))  # fmt: skip
             report.retired = retired
@@ -173,6 +177,33 @@ async def _check_sets(conn: Conn, options: RebuildOptions, rebuilt: str) -> None
             f"live schema {options.live_schema!r} does not exist: nothing to verify against or "
             "swap with (check ROLEBUS_PG_SCHEMA)"
         )
+
+
+async def _check_swappable(
+    settings: Settings, ends: Endpoints, options: RebuildOptions, models: tuple[str, str]
+) -> None:
+    """A new embedding model is swapped in only while the live projector is
+    stopped: a running one would write the old model's vectors into the new set."""
+    if not options.swap or models[0] in ("", models[1]):
+        return
+    members = await group_members(settings, ends, options.projector)
+    if members:
+        raise ConfigError(
+            f"the rebuilt set embeds with {models[1]!r}, the live set with {models[0]!r}, and "
+            f"the live projector (group {options.projector!r}) has {members} running "
+            "member(s): stop `rolebus project`, swap, then start it with the new "
+            "ROLEBUS_EMBEDDINGS"
+        )
+
+
+async def group_members(settings: Settings, ends: Endpoints, group: str) -> int:
+    """How many processes are members of a consumer group now."""
+    async with admin_client(settings, ends) as admin:
+        answers = await within(
+            settings, ends, admin.describe_consumer_groups([group]), "describing group " + group
+        )
+    # DescribeGroups v0+: (error_code, group_id, state, protocol_type, protocol, members, ...)
+    return sum(len(g[5]) for answer in answers for g in answer.groups)
 
 
 async def _model(conn: Conn, options: RebuildOptions) -> str:

@@ -173,6 +173,7 @@ async def _neighbours(
     cur = await conn.execute(
         "SELECT embedding FROM messages WHERE tenant_id = %s AND role_id = %s AND seq = %s",
         (tenant, role, seq),
+        prepare=False,  # the two sets' embedding columns may differ in type (dimension)
     )
     row = await cur.fetchone()
     if row is None or row[0] is None:

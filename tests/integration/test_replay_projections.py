@@ -11,10 +11,12 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field, replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import IO, Any
 
@@ -23,6 +25,7 @@ import pytest
 from rolebus.config import Settings
 from rolebus.endpoints import Endpoints, resolve
 from rolebus.projectors.db import connect
+from rolebus.projectors.embeddings import WordLlamaProvider, normalize
 from rolebus.wal import topics
 from rolebus.wal.client import RoleClient
 from rolebus.wal.events import Author, MessageAppended
@@ -226,3 +229,106 @@ async def no_lost_or_duplicated_rows(rig: Rig, outputs: harness.Summary) -> None
     roles = await rig.query("SELECT role_id, seq FROM roles ORDER BY 1")
     final = outputs.final()
     assert {r: s for r, s in roles} == {r: final[r][0] for r in final}
+
+
+class Truncated(BaseHTTPRequestHandler):
+    """``POST /v1/embeddings``: WordLlama's vectors cut to their first 64 numbers
+    and renormalized (Matryoshka-style): another model, another dimension."""
+
+    model: WordLlamaProvider | None = None
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        assert Truncated.model is not None
+        cut = normalize(Truncated.model.embed_sync(body["input"])[:, :64])
+        data = [{"index": i, "embedding": v.tolist()} for i, v in enumerate(cut)]
+        raw = json.dumps({"data": data, "model": body["model"]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(raw)))
+        self.end_headers()
+        self.wfile.write(raw)
+
+    def log_message(self, format: str, *args: object) -> None:
+        return None
+
+
+@pytest.fixture
+def small_model() -> Iterator[str]:
+    Truncated.model = Truncated.model or WordLlamaProvider.load()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Truncated)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"openai:http://127.0.0.1:{server.server_address[1]}/v1"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+async def test_a_new_embedding_model_with_another_dimension_is_rolled_out(
+    rig: Rig, run_cli: Cli, small_model: str
+) -> None:
+    rig.worker = WorkerProcess(rig.settings, rig.ends, rig.app_id, rig.tmp / "worker.log").start()
+    live = rig.projector()
+    async with RoleClient(rig.settings, "tenant-e", endpoints=rig.ends) as client:
+        await seed(client)
+    outputs = await outputs_of(rig)
+    await rig.until("SELECT count(*) FROM events", lambda r: r[0][0] == len(outputs.changes))
+    new_model = {"ROLEBUS_EMBEDDINGS": small_model, "ROLEBUS_EMBEDDINGS_MODEL": "wl64"}
+
+    busy = await asyncio.to_thread(run_cli, "rebuild", "--swap", env=rig.env(**new_model))
+    assert busy.returncode == 2 and "stop `rolebus project`" in busy.stderr, busy.stderr
+    assert live.stop() == 0
+    done = await asyncio.to_thread(
+        run_cli, "rebuild", "--verify", "--swap", "--json", env=rig.env(**new_model), timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout)
+    assert report["swapped"] and report["embedding_models"] == {
+        "live": "wordllama:l2_supercat_256",
+        "rebuilt": "openai:wl64",
+    }, report
+    parity = report["recall_parity"]
+    assert parity["samples"] > 0 and 0.0 < parity["mean_overlap"] <= 1.0
+    print(done.stderr[-800:])
+
+    rig.projector(**new_model)  # the live projector, restarted with the new model
+    async with RoleClient(rig.settings, "tenant-e", endpoints=rig.ends) as client:
+        await turns(client, range(20, 23))
+    outputs = await outputs_of(rig)
+    await rig.until("SELECT count(*) FROM events", lambda r: r[0][0] == len(outputs.changes))
+    await no_lost_or_duplicated_rows(rig, outputs)
+    dims = await rig.query("SELECT DISTINCT vector_dims(embedding) FROM messages")
+    assert dims == [(64,)]
+    old = report["retired"]
+    assert await rig.query("SELECT DISTINCT vector_dims(embedding) FROM messages", old) == [(256,)]
+
+
+async def test_verify_reports_the_first_differences_and_a_scope(rig: Rig, run_cli: Cli) -> None:
+    rig.worker = WorkerProcess(rig.settings, rig.ends, rig.app_id, rig.tmp / "worker.log").start()
+    rig.projector()
+    async with RoleClient(rig.settings, "tenant-v", endpoints=rig.ends) as client:
+        await seed(client)
+    outputs = await outputs_of(rig)
+    await rig.until("SELECT count(*) FROM events", lambda r: r[0][0] == len(outputs.changes))
+    await rig.query("UPDATE messages SET content = 'tampered' WHERE role_id = 'r-01' AND seq = 5")
+
+    found = await asyncio.to_thread(run_cli, "rebuild", "--verify", "--json", env=rig.env())
+    assert found.returncode == 1, found.stderr
+    report = json.loads(found.stdout)
+    bad = [t for t in report["verify"] if t["only_live"] or t["only_rebuilt"]]
+    assert [(t["table"], t["only_live"], t["only_rebuilt"]) for t in bad] == [("messages", 1, 1)]
+    sides = {row["side"]: row["content"] for row in bad[0]["first"]}
+    assert sides["live"] == "tampered" and sides["rebuilt"] != "tampered"
+    assert "messages: 1 rows only live" in found.stderr
+
+    scoped = await asyncio.to_thread(
+        run_cli, "rebuild", "--verify", "--json", "--role", "r-02", env=rig.env()
+    )
+    assert scoped.returncode == 0, scoped.stderr
+    counts = {t["table"]: t["rebuilt_rows"] for t in json.loads(scoped.stdout)["verify"]}
+    assert counts["roles"] == 1 and counts["messages"] == 20 and counts["rejections"] == 1
+    refused = await asyncio.to_thread(run_cli, "rebuild", "--swap", "--role", "r-02", env=rig.env())
+    assert refused.returncode == 2 and "--swap rebuilds the whole store" in refused.stderr
