@@ -36,7 +36,7 @@ from rolebus.errors import ConfigError, StoreError
 from rolebus.projectors import db
 from rolebus.projectors.compare import Parity, TableDiff, compare_sets, recall_parity
 from rolebus.projectors.embeddings import EmbeddingProvider
-from rolebus.projectors.rebuild import Rebuilder, Scope, Tally
+from rolebus.projectors.rebuild import HNSW_INDEX, Rebuilder, Scope, Tally, deferred_index
 from rolebus.projectors.store import TP, Store
 from rolebus.projectors.swap import Conn, offsets_of, schema_exists, set_names, swap_sets
 from rolebus.wal import reader, topics
@@ -157,7 +157,8 @@ async def rebuild_projections(
         await rb.assign([tp for n in names for tp in await reader.partitions(consumer._client, n)])
         targets = await rb.end_offsets()
         progress.start(rb.behind(targets))
-        await rb.run_to(targets, progress)
+        async with deferred_index(wconn, rebuilt, HNSW_INDEX, rb.tally):
+            await rb.run_to(targets, progress)
         report.tally = rb.tally
         if options.verify:
             report.diffs, report.parity = await _verify(settings, ends, rb, lconn, options, rebuilt)

@@ -18,21 +18,27 @@ scoped rebuild leaves them out).
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any, LiteralString, cast
 
+import psycopg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
+from psycopg import sql
 
 from rolebus.projectors.embedder import embed_contents
 from rolebus.projectors.embeddings import EmbeddingProvider
-from rolebus.projectors.plan import Decoded, Fetched, decode_batch, plan_batch
+from rolebus.projectors.plan import Decoded, Fetched, Plan, decode_batch, plan_batch
 from rolebus.projectors.staging import Vectored
 from rolebus.projectors.store import TP, Store, Written
 from rolebus.wal.export import NoProgress, Progress
 
+Conn = psycopg.AsyncConnection[tuple[Any, ...]]
 Batch = Mapping[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
 
 
@@ -103,6 +109,16 @@ class Tally:
         self.rejections += w.rejections
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A batch decoded, planned and embedded, waiting for its transaction."""
+
+    records: int
+    plan: Plan
+    embedded: Mapping[str, Vectored]
+    spans: Mapping[TP, tuple[int, int]]
+
+
 @dataclass
 class Rebuilder:
     """One reader (assigned partitions, no group) writing one new table set."""
@@ -134,42 +150,89 @@ class Rebuilder:
         return sum(max(0, n - self.positions.get(tp, 0)) for tp, n in targets.items())
 
     async def run_to(self, targets: Mapping[TP, int], progress: Progress | None = None) -> None:
-        """Project every partition up to its target offset (exclusive)."""
+        """Project every partition up to its target offset (exclusive). The next
+        batch is decoded, planned and embedded while the previous one is written."""
         sink = progress or NoProgress()
         started = time.monotonic()
+        read_to = dict(self.positions)  # next offset to take per partition
         for key, stop in targets.items():  # an earlier run may have fetched past its targets
             if self.positions[key] < stop:
                 self.consumer.seek(TopicPartition(*key), self.positions[key])
-        open_ = await self._open(targets)
-        while open_:
-            batch = await self.consumer.getmany(*open_, timeout_ms=500, max_records=self.batch_size)
-            fetched, spans = take(batch, self.positions, targets)
-            if fetched:
-                await self._write(fetched, spans)
-                sink.advance(len(fetched))
-            open_ = await self._open(targets)
+        writing: asyncio.Task[None] | None = None
+        try:
+            while open_ := await self._open(targets, read_to):
+                batch = await self.consumer.getmany(
+                    *open_, timeout_ms=500, max_records=self.batch_size
+                )
+                fetched, spans = take(batch, read_to, targets)
+                read_to.update({tp: nxt for tp, (_, nxt) in spans.items()})
+                prepared = await self._prepare(fetched, spans) if fetched else None
+                if writing is not None and prepared is not None:
+                    await writing
+                    writing = None
+                if prepared is not None:
+                    writing = asyncio.create_task(self._write(prepared))
+                    sink.advance(len(fetched))
+        finally:
+            if writing is not None:
+                await writing
         self.tally.seconds += time.monotonic() - started
 
-    async def _open(self, targets: Mapping[TP, int]) -> list[TopicPartition]:
-        """The partitions not at their target yet (a consumer position at or past
-        the target also counts as done: offsets may have gaps)."""
+    async def _open(
+        self, targets: Mapping[TP, int], read_to: Mapping[TP, int]
+    ) -> list[TopicPartition]:
+        """The partitions not read up to their target yet (a consumer position at
+        or past the target also counts as done: offsets may have gaps)."""
         out = []
         for key, stop in targets.items():
             tp = TopicPartition(*key)
-            if self.positions.get(key, 0) < stop and await self.consumer.position(tp) < stop:
+            if read_to.get(key, 0) < stop and await self.consumer.position(tp) < stop:
                 out.append(tp)
         return out
 
-    async def _write(self, fetched: list[Fetched], spans: Mapping[TP, tuple[int, int]]) -> None:
+    async def _prepare(
+        self, fetched: list[Fetched], spans: Mapping[TP, tuple[int, int]]
+    ) -> Prepared:
+        """Decode, scope, plan and embed (no store access)."""
         plan = plan_batch(scoped(decode_batch(fetched), self.scope))
         rows = plan.message_rows()
         done = await embed_contents(self.embedder, [m.content for m in rows])
         embedded: dict[str, Vectored] = {
             m.event_id: (v, e) for m, v, e in zip(rows, done.vectors, done.errors, strict=True)
         }
-        written = await self.store.write(plan, embedded, spans, datetime.now(UTC))
-        if plan.commits:  # a fork written before its source commit gets it now
+        return Prepared(len(fetched), plan, embedded, spans)
+
+    async def _write(self, p: Prepared) -> None:
+        written = await self.store.write(p.plan, p.embedded, p.spans, datetime.now(UTC))
+        if p.plan.commits:  # a fork written before its source commit gets it now
             await self.store.fill_forks()
-        for tp, (_, nxt) in spans.items():
+        for tp, (_, nxt) in p.spans.items():
             self.positions[tp] = nxt
-        self.tally.add(len(fetched), written)
+        self.tally.add(p.records, written)
+
+
+HNSW_INDEX = "messages_embedding_hnsw"
+"""The embeddings' index (``db.migrate``): built once after the bulk of a
+rebuild, as inserting into it row by row costs most of a rebuild's time."""
+
+
+@asynccontextmanager
+async def deferred_index(conn: Conn, schema: str, index: str, tally: Tally) -> AsyncIterator[None]:
+    """Drop ``index`` for the duration of a bulk load, then create it again from
+    its own definition (as PostgreSQL reports it); the time counts in ``tally``."""
+    async with conn.transaction():
+        cur = await conn.execute(
+            "SELECT indexdef FROM pg_indexes WHERE schemaname = %s AND indexname = %s",
+            (schema, index),
+        )
+        row = await cur.fetchone()
+        if row is not None:
+            await conn.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier(schema, index)))
+    try:
+        yield
+    finally:
+        if row is not None:
+            started = time.monotonic()
+            async with conn.transaction():
+                await conn.execute(sql.SQL(cast(LiteralString, row[0])))  # the server's own DDL
+            tally.seconds += time.monotonic() - started
