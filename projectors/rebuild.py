@@ -228,11 +228,9 @@ async def deferred_index(conn: Conn, schema: str, index: str, tally: Tally) -> A
         row = await cur.fetchone()
         if row is not None:
             await conn.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier(schema, index)))
-    try:
-        yield
-    finally:
-        if row is not None:
-            started = time.monotonic()
-            async with conn.transaction():
-                await conn.execute(sql.SQL(cast(LiteralString, row[0])))  # the server's own DDL
-            tally.seconds += time.monotonic() - started
+    yield  # a failed load leaves the set without it: such a set is only fit to drop
+    if row is not None:
+        started = time.monotonic()
+        async with conn.transaction():
+            await conn.execute(sql.SQL(cast(LiteralString, row[0])))  # the server's own DDL
+        tally.seconds += time.monotonic() - started
