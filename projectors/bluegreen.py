@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -62,6 +62,8 @@ class RebuildOptions:
     """Least recall parity accepted when both sets use the same embedding model."""
     live_wait_s: float = 120.0
     """How long ``--verify`` waits for a live projector behind the rebuild."""
+    lock_wait_s: float = 30.0
+    """How long a sync point waits for the live projector's batch in flight."""
 
 
 @dataclass
@@ -230,12 +232,24 @@ def _known(rb: Rebuilder, offsets: Mapping[TP, int]) -> dict[TP, int]:
     return {tp: n for tp, n in offsets.items() if tp in rb.positions}
 
 
-async def _sync(rb: Rebuilder, conn: Conn, options: RebuildOptions, then: Any) -> None:
+async def _sync(
+    rb: Rebuilder, conn: Conn, options: RebuildOptions, then: Callable[[], Awaitable[None]]
+) -> None:
     """Close the gap, then in one transaction: lock the live offsets, catch up to
     them exactly, run ``then()`` (the live projector waits until it commits)."""
     await _close_gap(rb, conn, options)
     async with conn.transaction():
-        held = await offsets_of(conn, options.live_schema, options.projector, lock=True)
+        await conn.execute(
+            "SELECT set_config('lock_timeout', %s, true)", (f"{int(options.lock_wait_s * 1000)}",)
+        )
+        try:
+            held = await offsets_of(conn, options.live_schema, options.projector, lock=True)
+        except psycopg.errors.LockNotAvailable as exc:
+            raise StoreError(
+                f"live projector {options.projector!r} (schema {options.live_schema}) held its "
+                f"offsets locked for over {options.lock_wait_s:g}s (a batch stuck in a "
+                "transaction?); the rebuilt set is kept and nothing was swapped: retry later"
+            ) from exc
         await rb.run_to(_known(rb, held))
         await then()
 

@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import IO, Any
@@ -332,3 +333,70 @@ async def test_verify_reports_the_first_differences_and_a_scope(rig: Rig, run_cl
     assert counts["roles"] == 1 and counts["messages"] == 20 and counts["rejections"] == 1
     refused = await asyncio.to_thread(run_cli, "rebuild", "--swap", "--role", "r-02", env=rig.env())
     assert refused.returncode == 2 and "--swap rebuilds the whole store" in refused.stderr
+
+
+async def test_a_swap_ahead_of_a_paused_live_projector_loses_and_repeats_nothing(
+    rig: Rig, run_cli: Cli
+) -> None:
+    """The live projector is frozen (SIGSTOP) mid-way, so the rebuilt set is AHEAD of
+    the live offsets at the swap; once resumed it must notice and go on from the
+    new set's offsets (its batch in flight is fenced and dropped)."""
+    rig.worker = WorkerProcess(rig.settings, rig.ends, rig.app_id, rig.tmp / "worker.log").start()
+    live = rig.projector()
+    assert live.proc is not None
+    async with RoleClient(rig.settings, "tenant-p", endpoints=rig.ends) as client:
+        await seed(client)
+        seeded = await outputs_of(rig)
+        await rig.until("SELECT count(*) FROM events", lambda r: r[0][0] == len(seeded.changes))
+        await asyncio.sleep(0.5)  # idle: frozen inside a write, it would hold its offsets locked
+        live.proc.send_signal(signal.SIGSTOP)
+        try:
+            await turns(client, range(10, 30))
+            await outputs_of(rig)  # the worker has written them all
+            done = await asyncio.to_thread(
+                run_cli, "rebuild", "--swap", "--json", env=rig.env(), timeout=300
+            )
+        finally:
+            live.proc.send_signal(signal.SIGCONT)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert json.loads(done.stdout)["swapped"]
+        await turns(client, range(30, 33))
+    outputs = await outputs_of(rig)
+    await rig.until("SELECT count(*) FROM events", lambda r: r[0][0] >= len(outputs.changes))
+    await asyncio.sleep(1.0)  # a duplicate would come now, if at all
+    await no_lost_or_duplicated_rows(rig, outputs)
+    assert live.proc.poll() is None, "the live projector died"
+    assert "differ from this process's positions" in live.log_path.read_text()  # fenced
+
+
+async def test_a_live_batch_stuck_holding_its_offsets_stops_the_swap_cleanly(rig: Rig) -> None:
+    """A live projector frozen inside a write keeps its offset rows locked: the
+    swap waits ``lock_wait_s`` at most, then fails naming it; nothing is renamed."""
+    from rolebus.errors import StoreError
+    from rolebus.projectors import db
+    from rolebus.projectors.bluegreen import RebuildOptions, rebuild_projections
+    from rolebus.wal.export import NoProgress
+
+    provider = WordLlamaProvider.load()
+    group = f"{rig.app_id}-projector"
+    async with connect(rig.settings, rig.ends, rig.schema) as stuck:
+        await db.migrate(
+            stuck, rig.schema, embedding_dim=provider.dim, embedding_model=provider.name
+        )
+        await stuck.execute(
+            "INSERT INTO projector_offsets (projector, topic, partition, next_offset)"
+            " VALUES (%s, %s, 0, 0)",
+            (group, topics.topic_name(rig.settings, "changes")),
+        )
+        await stuck.commit()
+        await stuck.execute("SELECT * FROM projector_offsets FOR UPDATE")  # held, uncommitted
+        options = RebuildOptions(rig.schema, group, swap=True, lock_wait_s=0.5)
+        with pytest.raises(StoreError, match=r"held its offsets locked for over 0\.5s"):
+            await rebuild_projections(
+                rig.settings, rig.ends, options, provider, NoProgress(), datetime.now(UTC)
+            )
+        await stuck.rollback()
+    names = await rig.query(
+        f"SELECT nspname FROM pg_namespace WHERE nspname LIKE '{rig.schema}%' ORDER BY 1"
+    )
+    assert names[0] == (rig.schema,) and len(names) == 2 and "_r" in names[1][0]
