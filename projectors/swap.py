@@ -14,7 +14,8 @@ duplicating rows:
 2. ``lock_live`` locks the live projector's ``projector_offsets`` rows (FOR
    UPDATE): its next batch waits in its fence (``Store._fence``), so the live
    offsets stop moving; the rebuild then catches up to exactly those offsets;
-3. ``swap_sets``, in that same transaction, moves the old set's offset rows
+3. ``swap_sets``, in that same transaction, copies the measured processing
+   lag of ``agg_minute`` over (``carry_lag``), moves the old set's offset rows
    to another projector name (``<name>@<old set>``) and renames the schemas.
    When it commits, the waiting batch finds no offset rows of its own: it is
    fenced, dropped and re-read from the offsets now stored in the NEW set,
@@ -82,6 +83,7 @@ async def swap_sets(conn: Conn, live: str, rebuilt: str, retired: str, name: str
         ),
         (f"{name}@{retired}", name),
     )
+    await carry_lag(conn, live, rebuilt)
     await _note(conn, live, {"retired_by": rebuilt, "retired_as": retired})
     await _note(conn, rebuilt, {"swapped_in_from": rebuilt, "swapped_out": retired})
     await conn.execute(
@@ -94,6 +96,20 @@ async def swap_sets(conn: Conn, live: str, rebuilt: str, retired: str, name: str
             sql.Identifier(rebuilt), sql.Identifier(live)
         )
     )
+
+
+async def carry_lag(conn: Conn, live: str, rebuilt: str) -> int:
+    """The dashboards' processing lag of the past is what the live projector
+    measured, not the rebuild's (events projected hours after they happened):
+    copy it for every minute both sets counted the same events of."""
+    cur = await conn.execute(
+        sql.SQL(
+            "UPDATE {r} r SET lag_ms_sum = l.lag_ms_sum, lag_ms_max = l.lag_ms_max FROM {l} l"
+            " WHERE r.tenant_id = l.tenant_id AND r.role_id = l.role_id AND r.minute = l.minute"
+            " AND r.lag_count = l.lag_count"
+        ).format(r=sql.Identifier(rebuilt, "agg_minute"), l=sql.Identifier(live, "agg_minute"))
+    )
+    return cur.rowcount
 
 
 async def _note(conn: Conn, schema: str, notes: Mapping[str, str]) -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import pytest
+from psycopg import sql
 
 from rolebus.config import Settings
 from rolebus.endpoints import Endpoints, resolve
@@ -400,3 +401,29 @@ async def test_a_live_batch_stuck_holding_its_offsets_stops_the_swap_cleanly(rig
         f"SELECT nspname FROM pg_namespace WHERE nspname LIKE '{rig.schema}%' ORDER BY 1"
     )
     assert names[0] == (rig.schema,) and len(names) == 2 and "_r" in names[1][0]
+
+
+async def test_the_swap_keeps_the_lag_the_live_projector_measured(rig: Rig) -> None:
+    """agg_minute's lag columns of a minute both sets counted alike come from the
+    live set (the rebuild projected those events long after they happened)."""
+    from rolebus.projectors import db
+    from rolebus.projectors.swap import carry_lag
+
+    live, rebuilt = rig.schema, f"{rig.schema}_r1"
+    insert = (
+        "INSERT INTO agg_minute (tenant_id, role_id, minute, events, lag_count, lag_ms_sum,"
+        " lag_ms_max) VALUES ('t', 'a', '2026-01-01 12:00Z', 2, 2, %s, %s),"
+        " ('t', 'b', '2026-01-01 12:00Z', %s, %s, %s, %s)"
+    )
+    async with connect(rig.settings, rig.ends, live, autocommit=True) as conn:
+        for schema, values in ((live, (30, 20, 1, 1, 5, 5)), (rebuilt, (9e6, 5e6, 2, 2, 8e6, 5e6))):
+            await db.migrate(conn, schema, embedding_dim=4, embedding_model="m")
+            await conn.execute(
+                sql.SQL("SET search_path TO {}, public").format(sql.Identifier(schema))
+            )
+            await conn.execute(insert, values)
+        assert await carry_lag(conn, live, rebuilt) == 1
+    rows = await rig.query(
+        "SELECT role_id, lag_count, lag_ms_sum, lag_ms_max FROM agg_minute ORDER BY 1", rebuilt
+    )
+    assert rows == [("a", 2, 30, 20), ("b", 2, 8_000_000, 5_000_000)]  # b: other counts

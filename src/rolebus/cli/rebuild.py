@@ -65,7 +65,7 @@ def projections(
     async def run() -> None:
         provider = load_provider(settings)
         try:
-            with EventProgress("rebuilding (records)") as bar:
+            with EventProgress("rebuilding", unit="records") as bar:
                 report = await rebuild_projections(
                     settings, ends, options, provider, bar, datetime.now(UTC)
                 )
