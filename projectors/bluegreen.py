@@ -38,7 +38,14 @@ from rolebus.projectors.compare import Parity, TableDiff, compare_sets, recall_p
 from rolebus.projectors.embeddings import EmbeddingProvider
 from rolebus.projectors.rebuild import HNSW_INDEX, Rebuilder, Scope, Tally, deferred_index
 from rolebus.projectors.store import TP, Store
-from rolebus.projectors.swap import Conn, offsets_of, schema_exists, set_names, swap_sets
+from rolebus.projectors.swap import (
+    Conn,
+    offsets_of,
+    projector_names,
+    schema_exists,
+    set_names,
+    swap_sets,
+)
 from rolebus.wal import reader, topics
 from rolebus.wal.connect import admin_client, within
 from rolebus.wal.export import Progress
@@ -179,6 +186,13 @@ async def _check_sets(conn: Conn, options: RebuildOptions, rebuilt: str) -> None
         raise StoreError(
             f"live schema {options.live_schema!r} does not exist: nothing to verify against or "
             "swap with (check ROLEBUS_PG_SCHEMA)"
+        )
+    names = await projector_names(conn, options.live_schema) if options.verify else set()
+    if names and options.projector not in names:
+        raise ConfigError(
+            f"live schema {options.live_schema!r} has offsets of projector(s) "
+            f"{', '.join(sorted(names))} but none of {options.projector!r}: pass the live "
+            "projector's group with --group (ROLEBUS_PROJECTOR_GROUP)"
         )
 
 

@@ -74,6 +74,16 @@ async def offsets_of(conn: Conn, schema: str, name: str, *, lock: bool = False) 
     return {(str(t), int(p)): int(n) for t, p, n in await cur.fetchall()}
 
 
+async def projector_names(conn: Conn, schema: str) -> set[str]:
+    """The projectors with offsets in a set (``name@set`` ones were swapped out)."""
+    cur = await conn.execute(
+        sql.SQL("SELECT DISTINCT projector FROM {}").format(
+            sql.Identifier(schema, "projector_offsets")
+        )
+    )
+    return {str(row[0]) for row in await cur.fetchall() if "@" not in str(row[0])}
+
+
 async def swap_sets(conn: Conn, live: str, rebuilt: str, retired: str, name: str) -> None:
     """Inside the caller's transaction (after ``offsets_of(lock=True)``): fence
     the live projector's batch in flight, then rename both schemas."""

@@ -333,6 +333,10 @@ async def test_verify_reports_the_first_differences_and_a_scope(rig: Rig, run_cl
     counts = {t["table"]: t["rebuilt_rows"] for t in json.loads(scoped.stdout)["verify"]}
     assert counts["roles"] == 1 and counts["messages"] == 20 and counts["rejections"] == 1
     refused = await asyncio.to_thread(run_cli, "rebuild", "--swap", "--role", "r-02", env=rig.env())
+    wrong = await asyncio.to_thread(
+        run_cli, "rebuild", "--verify", "--group", "nobody", env=rig.env()
+    )
+    assert wrong.returncode == 2 and "none of 'nobody'" in wrong.stderr, wrong.stderr
     assert refused.returncode == 2 and "--swap rebuilds the whole store" in refused.stderr
 
 
