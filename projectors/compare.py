@@ -38,7 +38,7 @@ TABLES: Final[dict[str, tuple[str, ...]]] = {
     "roles": (
         "tenant_id", "role_id", "lifecycle", "name", "persona", "traits", "model", "skills",
         "seq", "head_commit_id", "counters", "live", "forked_from_role", "forked_from_commit",
-        "forked_live", "created_at", "updated_at",
+        "forked_live", "created_at", "updated_at", "lifecycle_seq", "name_seq", "persona_seq",
     ),
     "events": (
         "event_id", "tenant_id", "role_id", "seq", "event_type", "occurred_at",
