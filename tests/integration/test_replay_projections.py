@@ -179,6 +179,7 @@ async def test_rebuild_verify_swap_while_events_keep_arriving(rig: Rig, run_cli:
         rows = await rig.until("SELECT commit_id FROM commits WHERE label = 'before'", bool)
         await turns(client, range(10, 14))
         await client.rollback(ROLES[0], str(rows[0][0]), reason="bad answers")
+        await client.fork(ROLES[0], str(rows[0][0]), "Fork", new_role_id="r-fork")
         await rig.until("SELECT count(*) FROM messages WHERE superseded", lambda r: r[0][0] == 8)
         stop = asyncio.Event()
         sender = asyncio.create_task(keep_sending(client, stop))
@@ -196,6 +197,8 @@ async def test_rebuild_verify_swap_while_events_keep_arriving(rig: Rig, run_cli:
     compared = {t["table"]: t["live_rows"] for t in report["verify"]}
     assert compared["messages"] >= len(ROLES) * 28 and compared["rejections"] == len(ROLES)
     assert report["recall_parity"]["mean_overlap"] >= 0.9
+    forked = await rig.query("SELECT forked_live::text FROM roles WHERE role_id = 'r-fork'")
+    assert forked == [("{[1,24)}",)]  # the fork's lineage, rebuilt and verified
     assert sent > 0, "no event arrived during the rebuild"
 
     outputs = await outputs_of(rig)
