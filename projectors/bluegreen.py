@@ -187,7 +187,11 @@ async def _check_sets(conn: Conn, options: RebuildOptions, rebuilt: str) -> None
             f"live schema {options.live_schema!r} does not exist: nothing to verify against or "
             "swap with (check ROLEBUS_PG_SCHEMA)"
         )
-    names = await projector_names(conn, options.live_schema) if options.verify else set()
+    names = (
+        await projector_names(conn, options.live_schema)
+        if options.verify or options.swap
+        else set()
+    )
     if names and options.projector not in names:
         raise ConfigError(
             f"live schema {options.live_schema!r} has offsets of projector(s) "
