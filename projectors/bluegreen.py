@@ -15,8 +15,11 @@
    locking transaction (see ``swap`` for how the live projector follows).
 
 Invariants: nothing is swapped after a difference or an error; a scoped
-rebuild (tenant / role) is never swapped in; the live set is only read,
-except for the swap's offset hand-over and rename.
+rebuild (tenant / role) is never swapped in; a new embedding model is
+swapped in only while no live projector runs (it would write old-model
+vectors into the new set); a sync point waits ``lock_wait_s`` at most for
+the live projector's batch in flight; the live set is only read, except for
+the swap's offset hand-over and rename.
 """
 
 from __future__ import annotations
