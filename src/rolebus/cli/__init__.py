@@ -10,7 +10,19 @@ from typing import Annotated
 
 import typer
 
-from rolebus.cli import dashboard, db, demo, project, reads, role, stack, topics, wal, worker
+from rolebus.cli import (
+    dashboard,
+    db,
+    demo,
+    project,
+    reads,
+    rebuild,
+    role,
+    stack,
+    topics,
+    wal,
+    worker,
+)
 from rolebus.cli.common import State
 from rolebus.errors import ConfigError, RolebusError
 
@@ -40,6 +52,9 @@ app.command()(reads.diff)
 app.command()(reads.rejections)
 app.command()(reads.recall)
 app.command()(reads.context)
+# Temporary names until the `replay` group lands: `replay projections`, `replay drop`.
+app.command("rebuild")(rebuild.projections)
+app.command("rebuild-drop")(rebuild.drop)
 
 
 @app.callback()

@@ -25,17 +25,22 @@ from rolebus.cli.common import err_console
 
 
 class _Rate(ProgressColumn):
+    def __init__(self, unit: str) -> None:
+        super().__init__()
+        self.unit = unit
+
     def render(self, task: Task) -> Text:
         speed = task.finished_speed or task.speed
-        return Text("" if speed is None else f"{speed:,.0f} events/s", style="progress.data.speed")
+        text = "" if speed is None else f"{speed:,.0f} {self.unit}/s"
+        return Text(text, style="progress.data.speed")
 
 
 class EventProgress:
     """``with EventProgress("exporting") as bar: run(progress=bar)``."""
 
-    def __init__(self, label: str) -> None:
+    def __init__(self, label: str, unit: str = "events") -> None:
         self._bar = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _Rate(),
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _Rate(unit),
             TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
             console=err_console, transient=True,
         )  # fmt: skip
