@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from rolebus.cli import demo, role, stack, topics, wal, worker
+from rolebus.cli import demo, replay, role, stack, topics, wal, worker
 from rolebus.cli.common import State
 from rolebus.errors import ConfigError, RolebusError
 
@@ -25,12 +25,14 @@ app.add_typer(stack.app, name="stack")
 app.add_typer(topics.app, name="topics")
 app.add_typer(role.app, name="role")
 app.add_typer(wal.app, name="wal")
+app.add_typer(replay.app, name="replay")
 app.command()(role.say)
 app.command()(role.commit)
 app.command()(role.rollback)
 app.command()(role.fork)
 app.command()(demo.demo)
 app.command()(worker.worker)
+app.command("asof")(replay.asof_command)
 
 
 @app.callback()
