@@ -98,12 +98,13 @@ async def asof(settings: Settings, ends: Endpoints, role_id: str, point: Point) 
                 f"partition {part} (give an offset of partition {part})"
             )
         found, known = await find_snapshot(consumer, settings, part, role_id, point)
-        commit = _checked(found)
-        if isinstance(point, AtCommit):
-            return AsOf(role_id, point, commit.snapshot, found, 0, 0)
-        if found.position is None:
-            raise RecordError(f"commit {found.commit_id}: the record has no WAL position")
-        tp = TopicPartition(wal, part)
+    commit = _checked(found)
+    if isinstance(point, AtCommit):
+        return AsOf(role_id, point, commit.snapshot, found, 0, 0)
+    if found.position is None:
+        raise RecordError(f"commit {found.commit_id}: the record has no WAL position")
+    tp = TopicPartition(wal, part)
+    async with scan.open_reader(settings, ends, "rolebus-asof") as consumer:
         window = await read_window(consumer, tp, found.position, role_id, config.dedupe_window)
         tail = await read_tail(consumer, tp, found.position, role_id, point)
     start = start_state(commit, found.position, window, config)

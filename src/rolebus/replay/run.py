@@ -14,8 +14,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, overload
 
-from aiokafka import AIOKafkaConsumer
-
 from rolebus.config import Settings
 from rolebus.endpoints import Endpoints
 from rolebus.replay import scan
@@ -82,50 +80,63 @@ async def replay_fold(
 ) -> FoldRun:  # fmt: skip
     meter = meter or Quiet()
     run, config = FoldRun(), FoldConfig.from_settings(settings)
-    async with scan.open_reader(settings, ends) as consumer:
+    started = time.perf_counter()
+    spans, items = await read_wal(settings, ends, meter)
+    run.seconds["read"] = time.perf_counter() - started
+    run.events = len(items)
+    started = time.perf_counter()
+    roles, result = fold(run, items, role, config, meter)
+    run.seconds["fold"] = time.perf_counter() - started
+    if verify:
         started = time.perf_counter()
-        spans = await scan.sizes(consumer, topics.topic_name(settings, "wal"))
-        items = await read_wal(consumer, spans, meter)
-        run.seconds["read"] = time.perf_counter() - started
-        run.events = len(items)
-        partitions: Mapping[int, Sequence[WalItem]] = items_by_partition(items)
-        roles = None
-        if role is not None:
-            roles = fork_closure(partitions, role)
-            partitions = only_roles(partitions, roles)
-        started = time.perf_counter()
-        run.folded = sum(map(len, partitions.values()))
-        meter.phase("folding", run.folded)
-        result = fold_log({p: Counted(i, meter) for p, i in partitions.items()}, config)
-        run.seconds["fold"] = time.perf_counter() - started
-        run.result, run.roles, run.commits = result, len(result.states), len(result.commits)
-        if verify:
-            started = time.perf_counter()
-            limit = {tp.partition: end for tp, (_, end) in spans.items()}
-            live = await read_live(consumer, settings, limit, roles, meter)
-            run.report = compare(result, live, config, roles)
-            run.seconds["verify"] = time.perf_counter() - started
+        limit = {tp.partition: end for tp, (_, end) in spans.items()}
+        live = await read_live(settings, ends, limit, roles, meter)
+        run.report = compare(result, live, config, roles)
+        run.seconds["verify"] = time.perf_counter() - started
     return run
 
 
-async def read_wal(consumer: AIOKafkaConsumer, spans: scan.Spans, meter: Meter) -> list[WalItem]:
-    meter.phase("reading the WAL", sum(end - first for first, end in spans.values()))
-    recs = await scan.read_topic(consumer, spans, meter.advance)
-    return [WalItem(WalPosition(r.topic, r.partition, r.offset), r.key, r.value or b"")
-            for r in recs]  # fmt: skip
+async def read_wal(
+    settings: Settings, ends: Endpoints, meter: Meter
+) -> tuple[scan.Spans, list[WalItem]]:
+    """Every WAL record up to the end offsets seen at start, and those offsets."""
+    async with scan.open_reader(settings, ends) as consumer:
+        spans = await scan.sizes(consumer, topics.topic_name(settings, "wal"))
+        meter.phase("reading the WAL", sum(end - first for first, end in spans.values()))
+        recs = await scan.read_topic(consumer, spans, meter.advance)
+    items = [WalItem(WalPosition(r.topic, r.partition, r.offset), r.key, r.value or b"")
+             for r in recs]  # fmt: skip
+    return spans, items
+
+
+def fold(
+    run: FoldRun, items: list[WalItem], role: str | None, config: FoldConfig, meter: Meter
+) -> tuple[set[str] | None, LogResult]:
+    """``fold_log`` over the items (of ``role``'s closure only, with a role)."""
+    partitions: Mapping[int, Sequence[WalItem]] = items_by_partition(items)
+    roles = None
+    if role is not None:
+        roles = fork_closure(partitions, role)
+        partitions = only_roles(partitions, roles)
+    run.folded = sum(map(len, partitions.values()))
+    meter.phase("folding", run.folded)
+    result = fold_log({p: Counted(i, meter) for p, i in partitions.items()}, config)
+    run.result, run.roles, run.commits = result, len(result.states), len(result.commits)
+    return roles, result
 
 
 async def read_live(
-    consumer: AIOKafkaConsumer, settings: Settings, limit: Mapping[int, int],
-    roles: set[str] | None, meter: Meter,
+    settings: Settings, ends: Endpoints, limit: Mapping[int, int], roles: set[str] | None,
+    meter: Meter,
 ) -> Live:  # fmt: skip
     """The live commits and changes of ``roles`` (all: None) for WAL records
     before the ``limit`` offsets (the WAL end read; later ones were not replayed)."""
     got: dict[str, list[scan.Record]] = {}
     for kind in ("commits", "changes"):
-        spans = await scan.sizes(consumer, topics.topic_name(settings, kind))
-        meter.phase(f"reading {kind}", sum(end - first for first, end in spans.values()))
-        got[kind] = await scan.read_topic(consumer, spans, meter.advance)
+        async with scan.open_reader(settings, ends) as consumer:
+            spans = await scan.sizes(consumer, topics.topic_name(settings, kind))
+            meter.phase(f"reading {kind}", sum(end - first for first, end in spans.values()))
+            got[kind] = await scan.read_topic(consumer, spans, meter.advance)
     wanted = None if roles is None else {r.encode() for r in roles}
     mine = [r.value or b"" for r in got["commits"] if wanted is None or r.key in wanted]
     commits = [c for c in map(records.decode_commit, mine) if _before(c.position, limit)]

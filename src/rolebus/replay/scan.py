@@ -11,6 +11,7 @@ to the partition number of its WAL partition.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import TypeAlias
@@ -21,6 +22,7 @@ from aiokafka.structs import ConsumerRecord
 
 from rolebus.config import Settings
 from rolebus.endpoints import Endpoints
+from rolebus.errors import TransportError
 from rolebus.wal import reader
 from rolebus.wal.connect import within
 
@@ -34,13 +36,17 @@ Tick = Callable[[int], None]
 FETCH_BYTES = 64 * 1024 * 1024
 PARTITION_FETCH_BYTES = 8 * 1024 * 1024
 BATCH = 50_000
+STALL_S = 30.0
 
 
 @asynccontextmanager
 async def open_reader(
     settings: Settings, ends: Endpoints, client_id: str = "rolebus-replay"
 ) -> AsyncIterator[AIOKafkaConsumer]:
-    """A started consumer with no group and large fetches; stopped on exit."""
+    """A started consumer with no group and large fetches; stopped on exit.
+
+    Use one per topic: once partitions are assigned, aiokafka keeps metadata of
+    the assigned topics only, and other topics look missing."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=ends.kafka_bootstrap, enable_auto_commit=False, client_id=client_id,
         fetch_max_bytes=FETCH_BYTES, max_partition_fetch_bytes=PARTITION_FETCH_BYTES,
@@ -78,16 +84,38 @@ async def sizes(consumer: AIOKafkaConsumer, topic: str) -> Spans:
     return {tp: (firsts[tp], ends_at[tp]) for tp in tps}
 
 
+class Stall:
+    """Fails a read that gets nothing for ``STALL_S`` while its end is ahead,
+    rather than waiting forever."""
+
+    def __init__(self, what: str) -> None:
+        self.what, self.since = what, time.monotonic()
+
+    def check(self, progressed: bool) -> None:
+        now = time.monotonic()
+        if progressed:
+            self.since = now
+        elif now - self.since > STALL_S:
+            raise TransportError(
+                f"{self.what}: no record for {STALL_S:g}s although the end offset is ahead "
+                "(is the broker up? `rolebus stack status`)"
+            )
+
+
 async def read_topic(consumer: AIOKafkaConsumer, spans: Spans, tick: Tick) -> list[Record]:
     """Every record of the partitions in ``spans``, each up to its end offset."""
     todo = {tp: end for tp, (first, end) in spans.items() if end > first}
-    consumer.assign(list(spans))
     if not todo:
         return []
+    # Assign only what gets a position at once: without a group, aiokafka waits
+    # forever for the committed offset of an assigned partition never sought.
+    consumer.assign(list(todo))
     await consumer.seek_to_beginning(*todo)
     got: list[Record] = []
+    stall = Stall(f"reading {next(iter(todo)).topic}")
     while todo:
         batch = await consumer.getmany(*todo, timeout_ms=1000, max_records=BATCH)
+        stall.check(bool(batch))
         for tp, recs in batch.items():
             kept = [r for r in recs if r.offset < todo[tp]]
             got.extend(kept)
@@ -102,13 +130,15 @@ async def read_range(
 ) -> list[Record]:  # fmt: skip
     """The records of one partition at offsets ``start <= o < stop``, in order;
     with ``until``, stop before the first record it is true for."""
-    consumer.assign([tp])
     if start >= stop:
         return []
-    consumer.seek(tp, start)
+    consumer.assign([tp])
+    consumer.seek(tp, start)  # at once: see ``read_topic``
     got: list[Record] = []
+    stall = Stall(f"reading {tp.topic}[{tp.partition}]")
     while await consumer.position(tp) < stop:
         batch = await consumer.getmany(tp, timeout_ms=1000, max_records=BATCH)
+        stall.check(bool(batch))
         for rec in batch.get(tp, []):
             if rec.offset >= stop:
                 return got
