@@ -37,6 +37,9 @@ FETCH_BYTES = 64 * 1024 * 1024
 PARTITION_FETCH_BYTES = 8 * 1024 * 1024
 BATCH = 50_000
 STALL_S = 30.0
+FETCH_WAIT_MS = 10
+"""Replay reads what is there: a fetch at the end of a partition must not sit
+for the default 500 ms (a consumer waits for it on reassign and on stop)."""
 
 
 @asynccontextmanager
@@ -50,6 +53,7 @@ async def open_reader(
     consumer = AIOKafkaConsumer(
         bootstrap_servers=ends.kafka_bootstrap, enable_auto_commit=False, client_id=client_id,
         fetch_max_bytes=FETCH_BYTES, max_partition_fetch_bytes=PARTITION_FETCH_BYTES,
+        fetch_max_wait_ms=FETCH_WAIT_MS,
     )  # fmt: skip
     try:
         await within(settings, ends, consumer.start(), "the consumer connection")
