@@ -97,16 +97,18 @@ async def asof(settings: Settings, ends: Endpoints, role_id: str, point: Point) 
                 f"--offset {point.partition}:{point.offset}: role '{role_id}' lives in WAL "
                 f"partition {part} (give an offset of partition {part})"
             )
+        tp = TopicPartition(wal, part)
+        span = await scan.bounds(consumer, tp)  # before any assignment narrows the metadata
         found, known = await find_snapshot(consumer, settings, part, role_id, point)
-    commit = _checked(found)
-    if isinstance(point, AtCommit):
-        return AsOf(role_id, point, commit.snapshot, found, 0, 0)
-    if found.position is None:
-        raise RecordError(f"commit {found.commit_id}: the record has no WAL position")
-    tp = TopicPartition(wal, part)
-    async with scan.open_reader(settings, ends, "rolebus-asof") as consumer:
-        window = await read_window(consumer, tp, found.position, role_id, config.dedupe_window)
-        tail = await read_tail(consumer, tp, found.position, role_id, point)
+        commit = _checked(found)
+        if isinstance(point, AtCommit):
+            return AsOf(role_id, point, commit.snapshot, found, 0, 0)
+        if found.position is None:
+            raise RecordError(f"commit {found.commit_id}: the record has no WAL position")
+        tail = await read_tail(consumer, tp, span[1], found.position, role_id, point)
+        window = []  # only a tail can hold redeliveries the window must catch
+        if tail:
+            window = await read_window(consumer, tp, span[0], found.position, role_id, config)
     start = start_state(commit, found.position, window, config)
     rebuilt = state_at(start, role_id, tail, config, _Known(known))
     cut = tuple(c.commit_id for c in rebuilt.commits_cut)
@@ -178,12 +180,11 @@ def _not_found(role_id: str, point: Point, part: int, role_known: bool) -> Confi
 
 
 async def read_window(
-    consumer: AIOKafkaConsumer, tp: TopicPartition, cut_at: WalPosition, role_id: str,
-    size: int,
+    consumer: AIOKafkaConsumer, tp: TopicPartition, first: int, cut_at: WalPosition,
+    role_id: str, config: FoldConfig,
 ) -> list[uuid.UUID]:  # fmt: skip
-    """Ids of the role's last ``size`` records up to the commit's own event."""
-    key = role_id.encode()
-    first, _ = await scan.bounds(consumer, tp)
+    """Ids of the role's last ``dedupe_window`` records up to the commit's own event."""
+    key, size = role_id.encode(), config.dedupe_window
 
     def enough(recs: list[scan.Record]) -> bool:
         return sum(1 for r in recs if r.key == key) >= size
@@ -193,12 +194,11 @@ async def read_window(
 
 
 async def read_tail(
-    consumer: AIOKafkaConsumer, tp: TopicPartition, cut_at: WalPosition, role_id: str,
-    point: Point,
+    consumer: AIOKafkaConsumer, tp: TopicPartition, end: int, cut_at: WalPosition,
+    role_id: str, point: Point,
 ) -> list[WalItem]:  # fmt: skip
     """The role's records after the commit's event, up to ``point``."""
     key = role_id.encode()
-    _, end = await scan.bounds(consumer, tp)
     stop = min(end, point.offset + 1) if isinstance(point, AtOffset) else end
     later = _later_than(point, key) if isinstance(point, AtTime) else None
     recs = await scan.read_range(consumer, tp, cut_at.offset + 1, stop, later)

@@ -48,8 +48,9 @@ async def open_reader(
 ) -> AsyncIterator[AIOKafkaConsumer]:
     """A started consumer with no group and large fetches; stopped on exit.
 
-    Use one per topic: once partitions are assigned, aiokafka keeps metadata of
-    the assigned topics only, and other topics look missing."""
+    Look up partitions and offsets of every topic before assigning any: once
+    partitions are assigned, aiokafka keeps metadata of the assigned topics only,
+    and other topics look missing."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=ends.kafka_bootstrap, enable_auto_commit=False, client_id=client_id,
         fetch_max_bytes=FETCH_BYTES, max_partition_fetch_bytes=PARTITION_FETCH_BYTES,
