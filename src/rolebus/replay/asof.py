@@ -8,7 +8,8 @@ matches the ``rolebus-commit-id`` header without parsing). Then the role's WAL
 records after the commit's position, up to the point, are folded onto its
 snapshot (``points.state_at``), after reading back the role's last
 ``dedupe_window`` records before the commit for the dedupe window (ids only,
-nothing folded).
+nothing folded; skipped when the tail is empty). One consumer does it all; the
+offsets of both partitions are looked up before anything is assigned.
 
 Costs: the commits partition from its end back to the commit found, the WAL
 partition from the commit back to the window start, and the tail. Limits: a
@@ -16,6 +17,9 @@ commit record must be self-consistent (``is_consistent``) to be used; a
 rollback in the tail to a commit older than the one used is resolved only if
 the scan saw it, which matters only when the commits topic lags the WAL (a
 rollback the worker accepted cuts a commit, which would then be the nearest).
+The worker's dedupe window holds at least the last ``dedupe_window`` ids and up
+to two chunks (128) more; a redelivery of an event exactly that far back, or of
+an event refused before the role was created, can be judged differently here.
 """
 
 from __future__ import annotations
