@@ -119,6 +119,8 @@ async def test_replay_fold_one_role_with_its_fork_sources(rig: Rig, run_cli: Run
     summary = as_json(done)
     assert summary["ok"] and summary["folded"] < summary["events"]
     assert summary["roles_compared"] >= (2 if forks else 1)
+    ghost = cli(rig, run_cli, "replay", "fold", "--role", "no-such-role")
+    assert ghost.returncode == 2 and "no record of this role" in ghost.stderr
 
 
 # --- asof ------------------------------------------------------------------------------

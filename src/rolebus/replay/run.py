@@ -16,6 +16,7 @@ from typing import Any, Protocol, overload
 
 from rolebus.config import Settings
 from rolebus.endpoints import Endpoints
+from rolebus.errors import ConfigError
 from rolebus.replay import scan
 from rolebus.replay.core import FoldConfig, LogResult, WalItem, fold_log, items_by_partition
 from rolebus.replay.points import fork_closure, only_roles
@@ -118,6 +119,8 @@ def fold(
     if role is not None:
         roles = fork_closure(partitions, role)
         partitions = only_roles(partitions, roles)
+        if not any(it.key == role.encode() for items in partitions.values() for it in items):
+            raise ConfigError(f"--role {role}: the WAL holds no record of this role")
     run.folded = sum(map(len, partitions.values()))
     meter.phase("folding", run.folded)
     result = fold_log({p: Counted(i, meter) for p, i in partitions.items()}, config)
