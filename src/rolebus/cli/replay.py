@@ -132,7 +132,7 @@ def asof_command(
         typer.Option(
             "--time",
             help="After the role's events up to this event time "
-            "(ISO 8601; UTC when no offset is given)",
+            "(ISO 8601; UTC when it names no time zone)",
         ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output")] = False,
