@@ -4,10 +4,12 @@ prefix, and a forged commit record is reported with its role and seq."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, replace
+from pathlib import Path
 from subprocess import CompletedProcess
 from typing import Any
 
@@ -40,6 +42,8 @@ class Rig:
     commits: list[CommitRecord]
     """Every commit record the worker wrote."""
     env: dict[str, str]
+    workload: Workload
+    tmp: Path
 
     @property
     def config(self) -> FoldConfig:
@@ -82,7 +86,7 @@ async def rig(stack: Settings, tmp_path_factory: pytest.TempPathFactory) -> Asyn
     items = await harness.read_wal(settings, ends)
     commits = [o.record for o in reader.seen if isinstance(o.record, CommitRecord)]
     env = harness.worker_env(settings, ends, app_id)
-    yield Rig(settings, ends, items, commits, env)
+    yield Rig(settings, ends, items, commits, env, workload, tmp)
 
 
 def cli(rig: Rig, run_cli: RunCli, *args: str) -> CompletedProcess[str]:
@@ -193,6 +197,41 @@ async def test_asof_cli_and_its_errors(rig: Rig, run_cli: RunCli) -> None:
     wrong = (item.position.partition + 1) % rig.settings.wal_partitions
     elsewhere = cli(rig, run_cli, "asof", role, "--offset", f"{wrong}:0")
     assert elsewhere.returncode != 0 and f"partition {item.position.partition}" in elsewhere.stderr
+
+
+# --- workers killed and restarted (after the asof tests: it appends to the WAL) -----------
+
+
+async def until_new_outputs(reader: OutputReader, timeout_s: float) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not await reader.poll(idle_ms=200):
+        assert asyncio.get_running_loop().time() < deadline, "no worker output"
+
+
+async def test_verify_after_a_killed_and_restarted_worker(rig: Rig, run_cli: RunCli) -> None:
+    app_id = rig.env["ROLEBUS_APP_ID"]
+    more = rig.workload.take(300)
+    reader = await OutputReader(rig.settings, rig.ends).start()
+    await reader.poll()  # the outputs so far
+    first = WorkerProcess(rig.settings, rig.ends, app_id, rig.tmp / "killed.log").start()
+    second = WorkerProcess(rig.settings, rig.ends, app_id, rig.tmp / "restarted.log")
+    try:
+        async with RoleClient(rig.settings, "tenant-w", endpoints=rig.ends) as client:
+            await client.send_many(more[:100])
+            await until_new_outputs(reader, 120)  # the first worker is folding
+            await client.send_many(more[100:200])
+            first.kill()  # kill -9 mid-stream: no checkpoint, no offset commit
+            second.start()
+            await client.send_many(more[200:])
+        ref = await harness.reference(rig.settings, rig.ends)
+        await harness.wait_for_keys(reader, harness.reference_summary(ref).terminal_keys(), 240)
+    finally:
+        first.kill()
+        second.stop()
+        await reader.stop()
+    done = cli(rig, run_cli, "replay", "fold", "--verify", "--json")
+    assert done.returncode == 0, done.stderr
+    assert as_json(done)["events"] == len(rig.items) + len(more)
 
 
 # --- a forged commit record (last: it corrupts the commits topic) ------------------------

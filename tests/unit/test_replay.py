@@ -119,6 +119,7 @@ def test_verify_passes_on_identical_outputs_with_duplicates(
     commits, changes = live_of(result)
     report = compare(result, collect_live(commits + commits[:20], changes + changes[:50]), CONFIG)
     assert report.divergences == ()
+    assert report.duplicates == 70
     assert report.roles == len({c.role_id for c in changes})
     assert report.commits == len(commits)
 

@@ -71,6 +71,7 @@ class FoldRun:
             "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
             "verified": report is not None,
             "roles_compared": None if report is None else report.roles,
+            "duplicate_records": None if report is None else report.duplicates,
             "divergences": [] if report is None else [d.json() for d in report.divergences],
         }  # fmt: skip
 

@@ -138,6 +138,8 @@ class Report:
     commits: int
     """Commits the replay cut (in the roles compared)."""
     divergences: tuple[Divergence, ...]
+    duplicates: int = 0
+    """Identical copies of live records, merged (at-least-once delivery)."""
 
 
 def compare(
@@ -162,7 +164,7 @@ def compare(
         if first is not None:
             found.append(first)
     cut = sum(len(mine_commits.get(r, {})) for r in names)
-    return Report(len(names), cut, tuple(found))
+    return Report(len(names), cut, tuple(found), live.duplicates)
 
 
 Pair = tuple[Mapping[int, list[Any]], Mapping[int, list[Any]]]
