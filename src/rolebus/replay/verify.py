@@ -96,8 +96,9 @@ def collect_live(commits: Iterable[CommitRecord], changes: Iterable[ChangeRecord
 
 def _merge(live: Live, first: dict[str, Any], key: str, rec: Any, what: str) -> str:
     """new | same (an identical copy) | different (a divergence, recorded)."""
-    old = first.setdefault(key, rec)
-    if old is rec:
+    old = first.get(key)
+    if old is None:
+        first[key] = rec
         return "new"
     live.duplicates += 1
     if old == rec:
