@@ -184,7 +184,14 @@ async def test_rebuild_verify_swap_while_events_keep_arriving(rig: Rig, run_cli:
         stop = asyncio.Event()
         sender = asyncio.create_task(keep_sending(client, stop))
         done = await asyncio.to_thread(
-            run_cli, "rebuild", "--verify", "--swap", "--json", env=rig.env(), timeout=300
+            run_cli,
+            "replay",
+            "projections",
+            "--verify",
+            "--swap",
+            "--json",
+            env=rig.env(),
+            timeout=300,
         )
         stop.set()
         sent = await sender
@@ -211,9 +218,9 @@ async def test_rebuild_verify_swap_while_events_keep_arriving(rig: Rig, run_cli:
     moved = await rig.query("SELECT DISTINCT projector FROM projector_offsets", schema=old)
     assert moved == [(f"{rig.app_id}-projector@{old}",)]
 
-    refused = await asyncio.to_thread(run_cli, "rebuild-drop", rig.schema, env=rig.env())
+    refused = await asyncio.to_thread(run_cli, "replay", "drop", rig.schema, env=rig.env())
     assert refused.returncode != 0 and "live context store" in refused.stderr
-    dropped = await asyncio.to_thread(run_cli, "rebuild-drop", old, env=rig.env())
+    dropped = await asyncio.to_thread(run_cli, "replay", "drop", old, env=rig.env())
     assert dropped.returncode == 0, dropped.stderr
     gone = await rig.query(f"SELECT count(*) FROM pg_namespace WHERE nspname = '{old}'")
     assert gone == [(0,)]
@@ -283,11 +290,20 @@ async def test_a_new_embedding_model_with_another_dimension_is_rolled_out(
     await rig.until("SELECT count(*) FROM events", lambda r: r[0][0] == len(outputs.changes))
     new_model = {"ROLEBUS_EMBEDDINGS": small_model, "ROLEBUS_EMBEDDINGS_MODEL": "wl64"}
 
-    busy = await asyncio.to_thread(run_cli, "rebuild", "--swap", env=rig.env(**new_model))
+    busy = await asyncio.to_thread(
+        run_cli, "replay", "projections", "--swap", env=rig.env(**new_model)
+    )
     assert busy.returncode == 2 and "stop `rolebus project`" in busy.stderr, busy.stderr
     assert live.stop() == 0
     done = await asyncio.to_thread(
-        run_cli, "rebuild", "--verify", "--swap", "--json", env=rig.env(**new_model), timeout=300
+        run_cli,
+        "replay",
+        "projections",
+        "--verify",
+        "--swap",
+        "--json",
+        env=rig.env(**new_model),
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout)
@@ -320,7 +336,9 @@ async def test_verify_reports_the_first_differences_and_a_scope(rig: Rig, run_cl
     await rig.until("SELECT count(*) FROM events", lambda r: r[0][0] == len(outputs.changes))
     await rig.query("UPDATE messages SET content = 'tampered' WHERE role_id = 'r-01' AND seq = 5")
 
-    found = await asyncio.to_thread(run_cli, "rebuild", "--verify", "--json", env=rig.env())
+    found = await asyncio.to_thread(
+        run_cli, "replay", "projections", "--verify", "--json", env=rig.env()
+    )
     assert found.returncode == 1, found.stderr
     report = json.loads(found.stdout)
     bad = [t for t in report["verify"] if t["only_live"] or t["only_rebuilt"]]
@@ -330,14 +348,16 @@ async def test_verify_reports_the_first_differences_and_a_scope(rig: Rig, run_cl
     assert "messages: 1 rows only live" in found.stderr
 
     scoped = await asyncio.to_thread(
-        run_cli, "rebuild", "--verify", "--json", "--role", "r-02", env=rig.env()
+        run_cli, "replay", "projections", "--verify", "--json", "--role", "r-02", env=rig.env()
     )
     assert scoped.returncode == 0, scoped.stderr
     counts = {t["table"]: t["rebuilt_rows"] for t in json.loads(scoped.stdout)["verify"]}
     assert counts["roles"] == 1 and counts["messages"] == 20 and counts["rejections"] == 1
-    refused = await asyncio.to_thread(run_cli, "rebuild", "--swap", "--role", "r-02", env=rig.env())
+    refused = await asyncio.to_thread(
+        run_cli, "replay", "projections", "--swap", "--role", "r-02", env=rig.env()
+    )
     wrong = await asyncio.to_thread(
-        run_cli, "rebuild", "--verify", "--group", "nobody", env=rig.env()
+        run_cli, "replay", "projections", "--verify", "--group", "nobody", env=rig.env()
     )
     assert wrong.returncode == 2 and "none of 'nobody'" in wrong.stderr, wrong.stderr
     assert refused.returncode == 2 and "--swap rebuilds the whole store" in refused.stderr
@@ -362,7 +382,7 @@ async def test_a_swap_ahead_of_a_paused_live_projector_loses_and_repeats_nothing
             await turns(client, range(10, 30))
             await outputs_of(rig)  # the worker has written them all
             done = await asyncio.to_thread(
-                run_cli, "rebuild", "--swap", "--json", env=rig.env(), timeout=300
+                run_cli, "replay", "projections", "--swap", "--json", env=rig.env(), timeout=300
             )
         finally:
             live.proc.send_signal(signal.SIGCONT)

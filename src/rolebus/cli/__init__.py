@@ -17,6 +17,7 @@ from rolebus.cli import (
     project,
     reads,
     rebuild,
+    replay,
     role,
     stack,
     topics,
@@ -38,6 +39,7 @@ app.add_typer(topics.app, name="topics")
 app.add_typer(role.app, name="role")
 app.add_typer(wal.app, name="wal")
 app.add_typer(db.app, name="db")
+app.add_typer(replay.app, name="replay")
 app.command()(role.say)
 app.command()(role.commit)
 app.command()(role.rollback)
@@ -52,9 +54,9 @@ app.command()(reads.diff)
 app.command()(reads.rejections)
 app.command()(reads.recall)
 app.command()(reads.context)
-# Temporary names until the `replay` group lands: `replay projections`, `replay drop`.
-app.command("rebuild")(rebuild.projections)
-app.command("rebuild-drop")(rebuild.drop)
+app.command("asof")(replay.asof_command)
+replay.app.command("projections")(rebuild.projections)
+replay.app.command("drop")(rebuild.drop)
 
 
 @app.callback()

@@ -1,7 +1,6 @@
 """``rolebus replay projections`` and ``rolebus replay drop``: rebuild the
 context store into a fresh table set, compare it with the live one, swap it
-in; drop an old set. (Registered for now as ``rolebus rebuild`` and
-``rolebus rebuild-drop``, until the ``replay`` group exists.)"""
+in; drop an old set."""
 
 from __future__ import annotations
 
