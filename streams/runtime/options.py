@@ -21,6 +21,9 @@ class WorkerOptions:
     commit_cache: int = 1024
     """Commits kept decoded in memory (rollback targets, fork sources); about
     10 kB each with a full message window."""
+    compression: str | None = "lz4"
+    """Of the output and changelog records (None: off). lz4 costs the worker about
+    10% of its CPU but keeps the forever-retained output topics small."""
     replication_factor: int = 1
     """Of the changelog topic (``process.prepare`` derives it from the cluster)."""
     min_insync_replicas: int = 1

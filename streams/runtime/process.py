@@ -131,7 +131,7 @@ async def open_worker(
     )  # fmt: skip
     producer = AIOKafkaProducer(
         bootstrap_servers=ends.kafka_bootstrap, client_id=client, acks="all",
-        enable_idempotence=True, compression_type="lz4", linger_ms=0,
+        enable_idempotence=True, compression_type=options.compression, linger_ms=0,
         # Small producer batches: a rollback reads one commit back, and Kafka
         # returns (and aiokafka decompresses) the whole batch that holds it.
         max_batch_size=PRODUCER_BATCH_BYTES,

@@ -33,6 +33,10 @@ def worker(
     session_timeout: Annotated[
         float, typer.Option(min=1.0, help="Seconds before a silent worker is replaced")
     ] = WorkerOptions.session_timeout_s,
+    compression: Annotated[
+        str,
+        typer.Option(help="Compression of the records the worker writes: lz4, zstd, gzip or none"),
+    ] = "lz4",
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Debug logs, and aiokafka's own INFO logs")
     ] = False,
@@ -49,5 +53,13 @@ def worker(
         batch_wait_s=batch_wait,
         fork_wait_s=fork_wait,
         session_timeout_s=session_timeout,
+        compression=_compression(compression),
     )
     run_worker(settings, endpoints.resolve(settings), options, verbose=verbose)
+
+
+def _compression(name: str) -> str | None:
+    allowed = ("lz4", "zstd", "gzip", "none")
+    if name not in allowed:
+        raise typer.BadParameter(f"must be one of {', '.join(allowed)} (got {name!r})")
+    return None if name == "none" else name
