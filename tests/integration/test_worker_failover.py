@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -93,7 +94,9 @@ async def cluster(settings: Settings, tmp_path: Path) -> AsyncIterator[Cluster]:
         await reader.stop()
 
 
-async def test_kill_one_of_two_workers_mid_stream(cluster: Cluster) -> None:
+async def test_kill_one_of_two_workers_mid_stream(
+    cluster: Cluster, run_cli: Callable[..., subprocess.CompletedProcess[str]]
+) -> None:
     group = f"rb-failover-{uuid.uuid4().hex[:8]}"
     await cluster.send(cluster.workload.take(1200))
     a, b = cluster.worker(group, "a").start(), cluster.worker(group, "b").start()
@@ -123,6 +126,12 @@ async def test_kill_one_of_two_workers_mid_stream(cluster: Cluster) -> None:
         single.stop()
 
         await restart_all(cluster, group, b, workers)
+        # The determinism proof on a WAL written by workers killed and restarted.
+        env = harness.worker_env(cluster.settings, cluster.ends, group)
+        proof = await asyncio.to_thread(
+            run_cli, "replay", "fold", "--verify", "--json", env=env, timeout=300
+        )
+        assert proof.returncode == 0, proof.stdout[-2000:] + proof.stderr[-2000:]
     finally:
         for worker in workers:
             worker.stop(10)

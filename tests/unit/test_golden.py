@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from rolebus.streams.core.commits import Commit
-from rolebus.streams.core.log import Folder
+from rolebus.streams.core.log import Folder, WalItem, fold_log, items_by_partition
 from rolebus.streams.core.outcome import Accepted, Duplicate, Outcome, Rejected
 from rolebus.streams.core.state import FoldConfig, RoleState, state_digest
+from rolebus.wal import codec
 from rolebus.wal.canonical import plain
 from rolebus.wal.events import (
     PAYLOAD_TYPES,
@@ -165,6 +166,24 @@ def test_golden_log_folds_to_the_recorded_ids() -> None:
     assert actual["outcomes"] == expected["outcomes"]
     assert actual["commits"] == expected["commits"]
     assert actual["final"] == expected["final"]
+
+
+def test_fold_log_of_the_golden_wal_cuts_the_recorded_commits() -> None:
+    """The whole-log fold that replay and the workers' semantics share gives the
+    same commit ids when the golden log is a WAL (Avro records by partition)."""
+    expected = json.loads(EXPECTED_FILE.read_text(encoding="utf-8"))
+    events, config = load_log()
+    items = [
+        WalItem(pos, env.role_id.encode(), codec.encode(env))
+        for env, pos in events
+        if pos is not None
+    ]
+    result = fold_log(items_by_partition(items), config)
+    commits = sorted(result.commits.values(), key=lambda c: (c.role_id, c.seq))
+    want = sorted(expected["commits"], key=lambda c: (c["role_id"], c["seq"]))
+    assert [_commit_row(c) for c in commits] == want
+    final = {role: _final_row(state) for role, state in sorted(result.states.items())}
+    assert final == expected["final"]
 
 
 def test_golden_log_round_trips_through_its_json_form() -> None:
