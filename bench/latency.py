@@ -6,7 +6,7 @@ made of it. Measured on the embedded stack, side by side in one run:
 1. baseline: one awaited ``INSERT`` + ``COMMIT`` per turn into the embedded
    PostgreSQL (what a database-backed store pays per turn);
 2. awaited ``RoleClient.append_message`` calls, one turn at a time: appends/s,
-   p50, p99;
+   p50, p99 (before the worker starts, as the baseline runs alone too);
 3. append -> change record: time from the append call to its change record
    on ``<prefix>.changes``, written by a running ``rolebus worker``, at light
    load (one turn at a time) and under load (a background producer sending
@@ -179,13 +179,15 @@ async def run(settings: Settings, args: argparse.Namespace, logs: Path) -> dict[
     say("baseline: awaited INSERT + COMMIT into the embedded PostgreSQL")
     base = (await pg_baseline(ends.pg_dsn, args.turns)).row()
     app_id = f"bench-lat-{uuid.uuid4().hex[:6]}"
+    async with RoleClient(settings, TENANT, endpoints=ends) as client:
+        roles = await create_roles(client, args.roles)
+        # Like the baseline, with nothing else running: the worker starts after.
+        say(f"{args.turns} awaited appends")
+        appends = (await awaited_appends(client, roles, args.turns)).row()
     worker = WorkerProcess(settings, ends, app_id, logs / "worker.log").start()
     try:
         await worker.wait_for_log("ready:", 120)
         async with RoleClient(settings, TENANT, endpoints=ends) as client:
-            roles = await create_roles(client, args.roles)
-            say(f"{args.turns} awaited appends")
-            appends = (await awaited_appends(client, roles, args.turns)).row()
             tail = await changes_tail(settings, ends)
             try:
                 say(f"{args.turns} turns: append -> change record, light load")
