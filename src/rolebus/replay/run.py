@@ -18,7 +18,14 @@ from rolebus.config import Settings
 from rolebus.endpoints import Endpoints
 from rolebus.errors import ConfigError
 from rolebus.replay import scan
-from rolebus.replay.core import FoldConfig, LogResult, WalItem, fold_log, items_by_partition
+from rolebus.replay.core import (
+    FoldConfig,
+    LogResult,
+    WalItem,
+    fold_gc,
+    fold_log,
+    items_by_partition,
+)
 from rolebus.replay.points import fork_closure, only_roles
 from rolebus.replay.verify import Live, Report, collect_live, compare
 from rolebus.wal import records, topics
@@ -124,7 +131,8 @@ def fold(
             raise ConfigError(f"--role {role}: the WAL holds no record of this role")
     run.folded = sum(map(len, partitions.values()))
     meter.phase("folding", run.folded)
-    result = fold_log({p: Counted(i, meter) for p, i in partitions.items()}, config)
+    with fold_gc():
+        result = fold_log({p: Counted(i, meter) for p, i in partitions.items()}, config)
     run.result, run.roles, run.commits = result, len(result.states), len(result.commits)
     return roles, result
 
