@@ -33,7 +33,8 @@ from psycopg import sql
 
 from rolebus.projectors.embedder import embed_contents
 from rolebus.projectors.embeddings import EmbeddingProvider
-from rolebus.projectors.plan import Decoded, Fetched, Plan, decode_batch, plan_batch
+from rolebus.projectors.plan import Decoded, Fetched, decode_batch, plan_batch
+from rolebus.projectors.projector import Prepared
 from rolebus.projectors.staging import Vectored
 from rolebus.projectors.store import TP, Store, Written
 from rolebus.wal.export import NoProgress, Progress
@@ -107,16 +108,6 @@ class Tally:
         self.messages += w.messages
         self.commits += w.commits
         self.rejections += w.rejections
-
-
-@dataclass(frozen=True)
-class Prepared:
-    """A batch decoded, planned and embedded, waiting for its transaction."""
-
-    records: int
-    plan: Plan
-    embedded: Mapping[str, Vectored]
-    spans: Mapping[TP, tuple[int, int]]
 
 
 @dataclass
