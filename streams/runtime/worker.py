@@ -321,8 +321,11 @@ class Worker:
         return int(murmur2(source.encode()) & 0x7FFFFFFF) % self.wal_partitions
 
     async def _moving(self, partition: int, cursors: Mapping[int, Cursor]) -> bool:
-        """True while an owned partition has records to fold: in this batch, held
-        back by a fork of its own, or not yet read to the broker's end."""
+        """True while an owned partition has records to fold: in this batch or not
+        yet read to the broker's end. One held back by a fork of its own does not
+        count (two forks waiting on each other must not wait forever)."""
+        if partition in self._held:
+            return False
         if partition in cursors and not cursors[partition].done:
             return True
         tp = TopicPartition(self.topics.wal, partition)
