@@ -320,12 +320,19 @@ class Worker:
         source = payload.source_role_id if isinstance(payload, RoleForked) else ""
         return int(murmur2(source.encode()) & 0x7FFFFFFF) % self.wal_partitions
 
-    async def _moving(self, partition: int, cursors: Mapping[int, Cursor]) -> bool:
+    async def _moving(
+        self, partition: int, cursors: Mapping[int, Cursor], seen: frozenset[int] = frozenset()
+    ) -> bool:
         """True while an owned partition has records to fold: in this batch or not
-        yet read to the broker's end. One held back by a fork of its own does not
-        count (two forks waiting on each other must not wait forever)."""
-        if partition in self._held:
-            return False
+        yet read to the broker's end. One held back by a fork of its own moves as
+        long as that fork's source partition moves; forks waiting on each other
+        in a circle do not (they are released after ``fork_wait_s``)."""
+        held = self._held.get(partition)
+        if held is not None and not held.cursor.done:
+            home = self._home_of_source(held.cursor.head()[1])
+            if home in seen or home == partition or home not in self.memory:
+                return False
+            return await self._moving(home, cursors, seen | {partition})
         if partition in cursors and not cursors[partition].done:
             return True
         tp = TopicPartition(self.topics.wal, partition)
