@@ -8,6 +8,7 @@ import json
 import subprocess
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -18,7 +19,7 @@ pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.slow]
 
 
 def test_demo_then_replay_verify(
-    settings: Settings, run_cli: Callable[..., subprocess.CompletedProcess[str]]
+    settings: Settings, run_cli: Callable[..., subprocess.CompletedProcess[str]], tmp_path: Path
 ) -> None:
     ends = resolve(settings)
     env = {
@@ -28,6 +29,7 @@ def test_demo_then_replay_verify(
         "ROLEBUS_WAL_PARTITIONS": str(settings.wal_partitions),
         "ROLEBUS_APP_ID": f"demo-{uuid.uuid4().hex[:8]}",
         "ROLEBUS_PG_SCHEMA": f"demo_{uuid.uuid4().hex[:8]}",
+        "ROLEBUS_DATA_DIR": str(tmp_path / "data"),  # not created: nothing local is started
         "COLUMNS": "200",
     }
     demo = run_cli("demo", env=env, timeout=300)

@@ -146,6 +146,7 @@ async def _projected(conn: Any, role: str, seq: int) -> bool:
 @contextmanager
 def _worker_log(path: Path) -> Iterator[None]:
     """The in-process worker's progress lines go to a file, not over the demo's output."""
+    path.parent.mkdir(parents=True, exist_ok=True)  # no local stack: no data folder yet
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logger = logging.getLogger("rolebus.streams")
