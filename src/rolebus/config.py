@@ -58,7 +58,7 @@ class Settings:
     message_window: int = 20
     """Messages kept in a role's state for context building."""
     app_id: str = "rolebus-streams"
-    """Consumer group / faust app id of the stream processors."""
+    """Consumer group of the stream workers (also names their state changelog)."""
     connect_timeout_s: float = 10.0
     """How long to wait for Kafka or Postgres to answer before failing."""
     pg_schema: str = "rolebus"

@@ -128,7 +128,7 @@ def server_properties(node: KafkaNode, nodes: list[KafkaNode]) -> str:
         "transaction.state.log.min.isr": isr,
         "share.coordinator.state.topic.replication.factor": rf,
         "share.coordinator.state.topic.min.isr": isr,
-        # Topics are created on purpose (`rolebus topics ensure`, faust's changelogs),
+        # Topics are created on purpose (`rolebus topics ensure`, the worker's changelog),
         # so a typo in a topic name fails instead of silently creating a topic.
         "auto.create.topics.enable": "false",
         "group.initial.rebalance.delay.ms": 0,
