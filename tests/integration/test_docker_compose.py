@@ -391,8 +391,8 @@ def test_unmodified_copy_is_valid(compose: Compose, tmp_path: Path) -> None:
             "service_finished",
         ),
         (
-            'profiles: ["workers"]\n    depends_on:\n      topics:',
-            'profiles: ["workers"]\n    depends_on:\n      topicz:',
+            'command: ["worker"]\n    depends_on:\n      topics:',
+            'command: ["worker"]\n    depends_on:\n      topicz:',
             "topicz",
         ),
         ("\nservices:\n", "\nservicez:\n", "servicez"),
