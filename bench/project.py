@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import subprocess
 import sys
 import tempfile
@@ -49,7 +48,7 @@ from rolebus.streams.core.state import FoldConfig
 from rolebus.wal import topics
 from rolebus.wal.client import RoleClient
 from rolebus.wal.reader import assign_from_beginning, open_consumer
-from testkit.harness import WorkerProcess, worker_env
+from testkit.harness import ProjectorProcess, WorkerProcess, worker_env
 from testkit.workload import Workload, WorkloadSpec
 
 GOAL = 0.5
@@ -120,15 +119,15 @@ async def project(
     logs: Path,
 ) -> dict[str, Any]:  # fmt: skip
     env = {**worker_env(settings, ends, "bench"), "ROLEBUS_PG_SCHEMA": schema}
-    cmd = [sys.executable, "-c", "from rolebus.cli import main; main()", "project",
-           "--group", f"bench-{uuid.uuid4().hex[:6]}", "--batch", str(args.batch)]  # fmt: skip
-    with (logs / "projector.log").open("ab") as log:
-        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            elapsed = await _wait_projected(settings, ends, schema, expected, proc, args.timeout)
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(30)
+    options = ("--group", f"bench-{uuid.uuid4().hex[:6]}", "--batch", str(args.batch))
+    projector = ProjectorProcess(env, logs / "projector.log", options).start()
+    try:
+        assert projector.proc is not None
+        elapsed = await _wait_projected(
+            settings, ends, schema, expected, projector.proc, args.timeout
+        )
+    finally:
+        projector.stop()
     rows = await count_rows(settings, ends, schema)
     return {"seconds": elapsed, "rows": rows, "rows_per_s": sum(rows.values()) / elapsed}
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,7 +44,7 @@ from rolebus.errors import RolebusError
 from rolebus.projectors import db, queries
 from rolebus.wal import topics
 from rolebus.wal.client import RoleClient
-from testkit.harness import WorkerProcess, worker_env
+from testkit.harness import ProjectorProcess, WorkerProcess, worker_env
 
 GOAL_P99_MS = 100.0
 TENANT = "bench"
@@ -65,12 +64,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def start_projector(settings: Settings, ends: Endpoints, schema: str, logs: Path) -> Any:
+def start_projector(
+    settings: Settings, ends: Endpoints, schema: str, logs: Path
+) -> ProjectorProcess:
     env = {**worker_env(settings, ends, "bench-ryw"), "ROLEBUS_PG_SCHEMA": schema}
-    cmd = [sys.executable, "-c", "from rolebus.cli import main; main()", "project",
-           "--group", f"bench-ryw-{uuid.uuid4().hex[:6]}"]  # fmt: skip
-    log = (logs / "projector.log").open("ab")
-    return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    group = ("--group", f"bench-ryw-{uuid.uuid4().hex[:6]}")
+    return ProjectorProcess(env, logs / "projector.log", group).start()
 
 
 async def wait_active(conn: queries.Conn, role: str, timeout: float) -> None:
@@ -150,11 +149,10 @@ async def run(settings: Settings, args: argparse.Namespace, logs: Path) -> dict[
         acks, visible, reads = await measure(settings, ends, schema, args)
     except Exception:
         say(f"worker log:\n{worker.log_text()[-2000:]}")
-        say(f"projector log:\n{(logs / 'projector.log').read_text(errors='replace')[-2000:]}")
+        say(f"projector log:\n{projector.log_text()[-2000:]}")
         raise
     finally:
-        projector.terminate()
-        projector.wait(30)
+        projector.stop()
         worker.stop()
     return {
         "turns": args.turns, "warmup": args.warmup, "partitions": settings.wal_partitions,

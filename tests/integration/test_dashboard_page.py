@@ -49,7 +49,7 @@ from rolebus.projectors.db import connect, migrate
 from rolebus.stack.ports import free_port_block
 from rolebus.wal import topics
 from rolebus.wal.client import RoleClient
-from testkit.harness import WorkerProcess, worker_env
+from testkit.harness import ProjectorProcess, WorkerProcess, worker_env
 
 pytestmark = [pytest.mark.postgres]
 
@@ -600,12 +600,7 @@ async def test_end_to_end_worker_projector_page(settings: Settings, tmp_path: Pa
     worker = WorkerProcess(mine, ends, app_id, tmp_path / "worker.log").start()
     env = {**worker_env(mine, ends, app_id), "ROLEBUS_PG_SCHEMA": schema}
     plog = tmp_path / "projector.log"
-    with plog.open("wb") as out:
-        projector = subprocess.Popen(
-            [sys.executable, "-c", "from rolebus.cli import main; main()", "project",
-             "--group", f"{app_id}-projector"],
-            env=env, stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+    projector = ProjectorProcess(env, plog, ("--group", f"{app_id}-projector")).start()
     try:
         start = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=2)
         async with RoleClient(mine, tenant) as client:
@@ -620,8 +615,7 @@ async def test_end_to_end_worker_projector_page(settings: Settings, tmp_path: Pa
             cells = read_page(tmp_path, server, page)
             screenshot(tmp_path, page, "dashboard-e2e.png")
     finally:
-        projector.terminate()
-        projector.wait(timeout=30)
+        projector.stop()
         worker.stop()
     want = expected(sent, tenant, start=start, end=end)
     # Lag is the projector's wall time minus event time: bounded, not recomputable.

@@ -8,13 +8,12 @@ from __future__ import annotations
 import asyncio
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaProducer
@@ -26,47 +25,9 @@ from rolebus.wal import topics
 from rolebus.wal.client import RoleClient
 from rolebus.wal.events import Author, MessageAppended, ToolCall
 from testkit import harness
-from testkit.harness import OutputReader, WorkerProcess, worker_env
+from testkit.harness import OutputReader, ProjectorProcess, WorkerProcess, worker_env
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.slow]
-
-
-@dataclass
-class ProjectorProcess:
-    """One ``rolebus project`` subprocess; its stderr goes to ``log_path``."""
-
-    env: dict[str, str]
-    log_path: Path
-    args: tuple[str, ...]
-    proc: subprocess.Popen[bytes] | None = None
-    _log: IO[bytes] | None = None
-
-    def start(self) -> ProjectorProcess:
-        self._log = self.log_path.open("ab")
-        cmd = [sys.executable, "-c", "from rolebus.cli import main; main()", "project"]
-        self.proc = subprocess.Popen(
-            [*cmd, *self.args], env=self.env, stdout=self._log, stderr=subprocess.STDOUT
-        )
-        return self
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def end(self, sig: signal.Signals, timeout_s: float = 20.0) -> tuple[int | None, float]:
-        """Send ``sig``; (exit code, seconds it took to exit)."""
-        assert self.proc is not None
-        start = time.monotonic()
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-        return self.proc.returncode, time.monotonic() - start
 
 
 @dataclass

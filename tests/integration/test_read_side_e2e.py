@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -29,7 +28,7 @@ from rolebus.projectors.embeddings import WordLlamaProvider
 from rolebus.projectors.views import UnknownRoleError
 from rolebus.wal import topics
 from rolebus.wal.client import RoleClient
-from testkit.harness import WorkerProcess, worker_env
+from testkit.harness import ProjectorProcess, WorkerProcess, worker_env
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.slow]
 
@@ -58,14 +57,11 @@ async def pipeline(settings: Settings, tmp_path: Path) -> AsyncIterator[Pipeline
     worker = WorkerProcess(settings, ends, f"w-{uuid.uuid4().hex[:6]}", tmp_path / "worker.log")
     worker.start()
     env = {**worker_env(settings, ends, worker.app_id), "ROLEBUS_PG_SCHEMA": schema}
-    cmd = [sys.executable, "-c", "from rolebus.cli import main; main()", "project"]
-    with (tmp_path / "projector.log").open("ab") as log:
-        projector = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    projector = ProjectorProcess(env, tmp_path / "projector.log").start()
     try:
         yield Pipeline(settings, ends, schema)
     finally:
-        projector.terminate()
-        projector.wait(30)
+        projector.stop()
         worker.stop()
 
 

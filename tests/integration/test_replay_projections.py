@@ -10,7 +10,6 @@ import asyncio
 import json
 import signal
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -19,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pytest
 from psycopg import sql
@@ -32,42 +31,10 @@ from rolebus.wal import topics
 from rolebus.wal.client import RoleClient
 from rolebus.wal.events import Author, MessageAppended
 from testkit import harness
-from testkit.harness import OutputReader, WorkerProcess, worker_env
+from testkit.harness import OutputReader, ProjectorProcess, WorkerProcess, worker_env
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.slow]
 Cli = Callable[..., subprocess.CompletedProcess[str]]
-
-
-@dataclass
-class Projector:
-    """A ``rolebus project`` subprocess (stderr to a log file)."""
-
-    env: dict[str, str]
-    log_path: Path
-    proc: subprocess.Popen[bytes] | None = None
-    _log: IO[bytes] | None = None
-
-    def start(self) -> Projector:
-        self._log = self.log_path.open("ab")
-        cmd = [sys.executable, "-c", "from rolebus.cli import main; main()", "project"]
-        self.proc = subprocess.Popen(
-            [*cmd, "--batch", "50"], env=self.env, stdout=self._log, stderr=subprocess.STDOUT
-        )
-        return self
-
-    def stop(self) -> int | None:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-        return self.proc.returncode
 
 
 @dataclass
@@ -78,14 +45,15 @@ class Rig:
     schema: str = field(default_factory=lambda: f"t_{uuid.uuid4().hex[:10]}")
     app_id: str = field(default_factory=lambda: f"rb-rebuild-{uuid.uuid4().hex[:8]}")
     worker: WorkerProcess | None = None
-    projectors: list[Projector] = field(default_factory=list)
+    projectors: list[ProjectorProcess] = field(default_factory=list)
 
     def env(self, **more: str) -> dict[str, str]:
         env = worker_env(self.settings, self.ends, self.app_id)
         return {**env, "ROLEBUS_PG_SCHEMA": self.schema, **more}
 
-    def projector(self, **more: str) -> Projector:
-        p = Projector(self.env(**more), self.tmp / f"projector{len(self.projectors)}.log")
+    def projector(self, **more: str) -> ProjectorProcess:
+        log = self.tmp / f"projector{len(self.projectors)}.log"
+        p = ProjectorProcess(self.env(**more), log, ("--batch", "50"))
         self.projectors.append(p.start())
         return p
 

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Self
 
 from aiokafka import AIOKafkaConsumer
 
@@ -52,28 +52,23 @@ def worker_env(settings: Settings, ends: Endpoints, app_id: str) -> dict[str, st
     return env
 
 
-@dataclass
-class WorkerProcess:
-    """One ``rolebus worker`` subprocess; its stderr goes to ``log_path``."""
+class CliProcess:
+    """One ``rolebus <command>`` subprocess; its output goes to ``log_path``."""
 
-    settings: Settings
-    endpoints: Endpoints
-    app_id: str
-    log_path: Path
-    args: tuple[str, ...] = ()
-    proc: subprocess.Popen[bytes] | None = None
-    started_at: float = 0.0
-    _log: IO[bytes] | None = None
+    def __init__(
+        self, command: str, env: dict[str, str], log_path: Path, args: tuple[str, ...] = ()
+    ) -> None:
+        self.command, self.env, self.log_path, self.args = command, env, log_path, args
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.started_at = 0.0
+        self._log: IO[bytes] | None = None
 
-    def start(self) -> WorkerProcess:
+    def start(self) -> Self:
         self._log = self.log_path.open("ab")
-        command = [sys.executable, "-c", "from rolebus.cli import main; main()", "worker"]
+        command = [sys.executable, "-c", "from rolebus.cli import main; main()", self.command]
         self.started_at = time.monotonic()
         self.proc = subprocess.Popen(
-            [*command, *self.args],
-            env=worker_env(self.settings, self.endpoints, self.app_id),
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
+            [*command, *self.args], env=self.env, stdout=self._log, stderr=subprocess.STDOUT
         )
         return self
 
@@ -87,22 +82,23 @@ class WorkerProcess:
             if needle in self.log_text()[after:]:
                 return time.monotonic() - self.started_at
             if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"worker {self.app_id} exited:\n{self.log_text()[-3000:]}")
+                raise RuntimeError(f"{self} exited:\n{self.log_text()[-3000:]}")
             await asyncio.sleep(0.1)
-        raise TimeoutError(f"worker {self.app_id}: no {needle!r} within {timeout_s}s")
+        raise TimeoutError(f"{self}: no {needle!r} within {timeout_s}s")
 
     def stop(self, timeout_s: float = 30.0) -> int | None:
         """SIGTERM and wait; SIGKILL if it does not stop in time."""
-        return self._end(signal.SIGTERM, timeout_s)
+        return self.end(signal.SIGTERM, timeout_s)[0]
 
     def kill(self) -> int | None:
         """kill -9: no shutdown, no checkpoint, no offset commit."""
-        return self._end(signal.SIGKILL, 10.0)
+        return self.end(signal.SIGKILL, 10.0)[0]
 
-    def _end(self, sig: signal.Signals, timeout_s: float) -> int | None:
-        proc = self.proc
+    def end(self, sig: signal.Signals, timeout_s: float = 20.0) -> tuple[int | None, float]:
+        """Send ``sig`` and wait (SIGKILL after ``timeout_s``); (exit code, seconds)."""
+        proc, start = self.proc, time.monotonic()
         if proc is None:
-            return None
+            return None, 0.0
         if proc.poll() is None:
             proc.send_signal(sig)
             try:
@@ -113,7 +109,28 @@ class WorkerProcess:
         if self._log is not None:
             self._log.close()
             self._log = None
-        return proc.returncode
+        return proc.returncode, time.monotonic() - start
+
+    def __str__(self) -> str:
+        return f"rolebus {self.command} ({self.log_path.name})"
+
+
+class WorkerProcess(CliProcess):
+    """One ``rolebus worker`` of the group ``app_id`` on ``settings``' topics."""
+
+    def __init__(
+        self, settings: Settings, endpoints: Endpoints, app_id: str, log_path: Path,
+        args: tuple[str, ...] = (),
+    ) -> None:  # fmt: skip
+        super().__init__("worker", worker_env(settings, endpoints, app_id), log_path, args)
+        self.settings, self.endpoints, self.app_id = settings, endpoints, app_id
+
+
+class ProjectorProcess(CliProcess):
+    """One ``rolebus project``; ``env`` as for a worker plus the store's schema."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, args: tuple[str, ...] = ()) -> None:
+        super().__init__("project", env, log_path, args)
 
 
 # --- reading the outputs -------------------------------------------------------------
