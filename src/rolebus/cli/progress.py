@@ -1,6 +1,7 @@
 """A progress bar for long commands: events, events/s and ETA on stderr.
 
-Implements ``rolebus.wal.export.Progress`` (a total first, then increments);
+Implements ``rolebus.wal.export.Progress`` (a total first, then increments)
+and ``rolebus.replay.run.Meter`` (phases, each with its total);
 rich hides it when stderr is not a terminal, so scripts see only the summary.
 """
 
@@ -57,7 +58,14 @@ class EventProgress:
         self._bar.stop()
 
     def start(self, total: int) -> None:
-        self._task = self._bar.add_task(self._label, total=total)
+        self.phase(self._label, total)
+
+    def phase(self, name: str, total: int) -> None:
+        """A new step of the same command (``rolebus.replay.run.Meter``): the
+        previous step is shown complete and a new bar starts."""
+        if self._task is not None:
+            self._bar.update(self._task, completed=self._bar.tasks[-1].total)
+        self._task = self._bar.add_task(name, total=total)
 
     def advance(self, count: int) -> None:
         if self._task is not None:

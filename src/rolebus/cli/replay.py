@@ -9,21 +9,11 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    Task,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-)
 from rich.table import Table
-from rich.text import Text
 
 from rolebus import endpoints
 from rolebus.cli.common import err_console, print_json, state
+from rolebus.cli.progress import EventProgress
 from rolebus.errors import ConfigError
 from rolebus.replay.asof import AsOf, asof
 from rolebus.replay.points import AtCommit, AtTime, Point, parse_offset
@@ -33,43 +23,6 @@ app = typer.Typer(help="Replay the log: prove it reproduces the outputs.", no_ar
 Json = Annotated[bool, typer.Option("--json", help="Machine-readable summary on stdout")]
 SHOWN = 20
 """Divergences printed on stderr (all are in --json)."""
-
-
-class _Rate(ProgressColumn):
-    def render(self, task: Task) -> Text:
-        speed = task.finished_speed or task.speed
-        return Text("" if speed is None else f"{speed:,.0f}/s", style="progress.data.speed")
-
-
-class Bar:
-    """A rich progress bar per phase (events, events/s, ETA) on stderr."""
-
-    def __init__(self) -> None:
-        self.progress = Progress(
-            TextColumn("{task.description:<16}"), BarColumn(), MofNCompleteColumn(), _Rate(),
-            TimeRemainingColumn(), console=err_console, transient=True,
-        )  # fmt: skip
-        self.task: TaskID | None = None
-
-    def __enter__(self) -> Bar:
-        self.progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
-
-    def phase(self, name: str, total: int) -> None:
-        self._finish()
-        self.task = self.progress.add_task(name, total=total)
-
-    def advance(self, count: int) -> None:
-        if self.task is not None:
-            self.progress.advance(self.task, count)
-
-    def _finish(self) -> None:
-        if self.task is not None:
-            total = self.progress.tasks[-1].total
-            self.progress.update(self.task, completed=total)
 
 
 @app.command()
@@ -91,7 +44,7 @@ def fold(
     that differs, and the exit code is 3.
     """
     settings = state(ctx).settings()
-    with Bar() as bar:
+    with EventProgress("replaying", unit="records") as bar:
         run = asyncio.run(
             replay_fold(settings, endpoints.resolve(settings), verify=verify, role=role, meter=bar)
         )
